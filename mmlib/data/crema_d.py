@@ -1,0 +1,152 @@
+"""CREMA-D in its public layout: ``AudioWAV/<clip>.wav``, ``VideoFlash/<clip>.flv`` (or .mp4), and split files
+``train.csv`` / ``test.csv`` with ``<clip>,<LABEL>`` rows (labels NEU HAP SAD FEA DIS ANG).
+
+``prepare`` validates the layout, extracts frames at 1 fps, turns audio into a spectrogram by a named recipe
+and writes the tensor cache ``<root>/cache/<recipe>_img<size>.pt``. The validation split is carved from train
+(stratified, seeded) when a run loads the cache, and saved beside the data as ``val_seed<S>_frac<F>.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..registry import register
+from .audio import MediaError, spectrogram
+from .cache import TensorCache, SPLIT_CODES
+from .video import extract_frames
+
+LABELS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+VIDEO_SUFFIXES = (".flv", ".mp4")
+
+
+class LayoutError(ValueError):
+    """The dataset directory does not follow the public layout; the message names the file or directory."""
+
+
+@dataclass
+class Clip:
+    name: str
+    label: int
+    split: str  # train | test
+    wav: Path
+    video: Path
+
+
+def read_split_file(path: Path, labels: tuple[str, ...] = LABELS) -> list[tuple[str, int]]:
+    if not path.is_file():
+        raise LayoutError(f"{path}: split file not found")
+    rows = []
+    with path.open(newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != 2:
+                raise LayoutError(f"{path}:{lineno}: expected '<clip>,<LABEL>', got {','.join(row)!r}")
+            clip, label = row[0].strip(), row[1].strip()
+            if label not in labels:
+                raise LayoutError(f"{path}:{lineno}: unknown label {label!r} for clip {clip!r}; "
+                                  f"labels are {', '.join(labels)}")
+            rows.append((clip, labels.index(label)))
+    if not rows:
+        raise LayoutError(f"{path}: split file lists no clips")
+    return rows
+
+
+def scan_layout(root: str | Path, skip_bad: bool = False) -> list[Clip]:
+    """Clips listed in train.csv and test.csv, with their media paths. Missing media raise (or are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: dataset directory not found")
+    for sub in ("AudioWAV", "VideoFlash"):
+        if not (root / sub).is_dir():
+            raise LayoutError(f"{root / sub}: directory not found (expected the public CREMA-D layout)")
+    clips, problems = [], []
+    for split in ("train", "test"):
+        for name, label in read_split_file(root / f"{split}.csv"):
+            wav = root / "AudioWAV" / f"{name}.wav"
+            videos = [root / "VideoFlash" / f"{name}{s}" for s in VIDEO_SUFFIXES]
+            video = next((v for v in videos if v.is_file()), None)
+            missing = ([] if wav.is_file() else [str(wav)]) + ([] if video else [str(videos[0])])
+            if missing:
+                problems.append(f"clip {name!r} in {split}.csv has no media: {', '.join(missing)}")
+                continue
+            clips.append(Clip(name, label, split, wav, video))
+    _report(problems, skip_bad)
+    return clips
+
+
+def _report(problems: list[str], skip_bad: bool) -> None:
+    if not problems:
+        return
+    if not skip_bad:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise LayoutError(problems[0] + more + "; pass --skip-bad to skip bad clips")
+    for p in problems:
+        print(f"skipped: {p}", file=sys.stderr)
+
+
+def build_cache(root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
+                dataset: str = "crema_d", labels: tuple[str, ...] = LABELS) -> Path:
+    """Decode every clip once and write the tensor cache. Returns its path."""
+    root = Path(root)
+    clips = scan_layout(root, skip_bad)
+    specs, frames, kept, problems = [], [], [], []
+    for clip in clips:
+        try:
+            spec = spectrogram(clip.wav, recipe)
+            frm = extract_frames(clip.video, image_size)
+        except MediaError as err:
+            problems.append(str(err))
+            continue
+        specs.append(spec)
+        frames.append(frm)
+        kept.append(clip)
+    _report(problems, skip_bad)
+    if not kept:
+        raise LayoutError(f"{root}: no usable clips")
+    t_max = max(f.shape[0] for f in frames)
+    video = np.zeros((len(kept), t_max, 3, image_size, image_size), dtype=np.uint8)
+    for i, f in enumerate(frames):
+        video[i, : f.shape[0]] = f
+    cache = TensorCache(
+        tensors={
+            "audio": torch.from_numpy(np.stack(specs)).unsqueeze(1).to(torch.float16),  # (N, 1, F, T)
+            "visual": torch.from_numpy(video),  # (N, T_max, 3, S, S) uint8
+            "visual_count": torch.tensor([f.shape[0] for f in frames], dtype=torch.int16),
+            "label": torch.tensor([c.label for c in kept], dtype=torch.int64),
+            "split": torch.tensor([SPLIT_CODES[c.split] for c in kept], dtype=torch.int8),
+        },
+        meta={"dataset": dataset, "classes": list(labels), "clips": [c.name for c in kept],
+              "audio_recipe": recipe, "image_size": image_size, "modalities": ["audio", "visual"]},
+    )
+    path = root / "cache" / f"{recipe}_img{image_size}.pt"
+    cache.save(path)
+    return path
+
+
+@register("datasets", "crema_d")
+class CremaD:
+    """The real CREMA-D, prepared from its public layout under ``data.root``."""
+
+    name = "crema_d"
+    labels = LABELS
+    modalities = {"audio": 1, "visual": 3}  # input channels per modality
+
+    def prepare(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False, **_) -> Path:
+        return build_cache(root, recipe, image_size, skip_bad, dataset=self.name, labels=self.labels)
+
+    def cache_path(self, root: str | Path, recipe: str, image_size: int) -> Path:
+        return Path(root) / "cache" / f"{recipe}_img{image_size}.pt"
+
+    def ensure_prepared(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
+                        **_) -> Path:
+        path = self.cache_path(root, recipe, image_size)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no tensor cache; run "
+                                    f"`python -m mmlib prepare --dataset crema_d --root {root}`")
+        return path

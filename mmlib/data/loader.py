@@ -1,0 +1,143 @@
+"""Batches served from a tensor cache resident on the device; frame choice and augmentation done there too.
+
+The whole cache goes to the GPU when it fits (else it stays in pinned host memory and each batch is copied
+asynchronously). Nothing is decoded per sample: an epoch is a permutation and a few gathers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .cache import TensorCache
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # audio (B, 1, F, T) float; visual (B, T, 3, H, W) float
+    label: torch.Tensor  # (B,) int64
+    index: torch.Tensor  # (B,) positions in the cache
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+
+def place_cache(cache: TensorCache, device: torch.device, headroom: float = 0.5) -> dict[str, torch.Tensor]:
+    """Move the cache's tensors to ``device`` when they fit in ``headroom`` of its free memory; else pin them."""
+    if device.type != "cuda":
+        return dict(cache.tensors)
+    size = sum(t.numel() * t.element_size() for t in cache.tensors.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if size <= headroom * free:
+        return {k: v.to(device, non_blocking=True) for k, v in cache.tensors.items()}
+    return {k: v.pin_memory() for k, v in cache.tensors.items()}
+
+
+def segment_frames(count: torch.Tensor, frames: int, train: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Frame positions (B, frames): the clip's frames cut into ``frames`` equal segments; a random frame of
+    each segment when training, its centre frame otherwise."""
+    count = count.long().clamp(min=1).unsqueeze(1)
+    j = torch.arange(frames, device=count.device).unsqueeze(0)
+    start = (j * count) // frames
+    end = torch.maximum(((j + 1) * count) // frames, start + 1)
+    if train:
+        u = torch.rand(start.shape, device=count.device, generator=generator)
+        pos = start + (u * (end - start)).long()
+    else:
+        pos = (start + end - 1) // 2
+    return pos.clamp(max=count - 1)
+
+
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None, scale=(0.08, 1.0),
+                        ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """RandomResizedCrop + horizontal flip for a batch (B, T, C, H, W), one crop per clip, via affine grids."""
+    b, t, c, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(*scale, generator=generator)
+    log_r = torch.empty(b, device=dev).uniform_(torch.log(torch.tensor(ratio[0])).item(),
+                                                torch.log(torch.tensor(ratio[1])).item(), generator=generator)
+    r = torch.exp(log_r)
+    sw = torch.sqrt(area * r).clamp(max=1.0)  # crop width / image width
+    sh = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(b, device=dev, generator=generator) * 2 - 1) * (1 - sw)
+    cy = (torch.rand(b, device=dev, generator=generator) * 2 - 1) * (1 - sh)
+    sign = torch.ones(b, device=dev)
+    if flip:
+        sign = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = sw * sign
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = sh
+    theta[:, 1, 2] = cy
+    theta = theta.repeat_interleave(t, dim=0).to(x.dtype)
+    flat = x.reshape(b * t, c, h, w)
+    grid = F.affine_grid(theta, [b * t, c, h, w], align_corners=False)
+    return F.grid_sample(flat, grid, mode="bilinear", padding_mode="reflection", align_corners=False).view_as(x)
+
+
+class DeviceLoader:
+    """Iterates over one split of a cache in batches, on ``device``.
+
+    Shuffling and augmentation draw from a generator reseeded from (seed, epoch), so an epoch's batches do not
+    depend on what ran before it (resuming gives the same batches).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], indices: torch.Tensor, modalities: list[str],
+                 batch_size: int, frames: int, train: bool, augment: bool, device: torch.device,
+                 seed: int = 0, channels_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.tensors, self.modalities = tensors, modalities
+        self.indices = indices.to(device)
+        self.batch_size, self.frames, self.train, self.augment = batch_size, frames, train, augment
+        self.device, self.seed, self.epoch = device, seed, 0
+        self.channels_last = channels_last
+        self.drop_last = train and len(indices) > batch_size  # full, static-shape batches when training
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _take(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        t = self.tensors[name]
+        if t.device != self.device:
+            return t[idx.to(t.device)].to(self.device, non_blocking=True)
+        return t[idx]
+
+    def __iter__(self):
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed * 100_003 + self.epoch)
+        order = self.indices
+        if self.train:
+            order = order[torch.randperm(len(order), device=self.device, generator=gen)]
+        for k in range(len(self)):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            inputs = {}
+            for m in self.modalities:
+                if m == "visual":
+                    inputs[m] = self._visual(idx, gen)
+                else:
+                    x = self._take(m, idx).float()
+                    inputs[m] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+            yield Batch(inputs=inputs, label=self._take("label", idx), index=idx)
+
+    def _visual(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        count = self._take("visual_count", idx)
+        pos = segment_frames(count, self.frames, self.train, gen)  # (B, frames)
+        video = self.tensors["visual"]  # (N, T_max, 3, S, S) uint8
+        flat = (idx.unsqueeze(1) * video.shape[1] + pos).flatten()  # gather only the chosen frames
+        frames = video.flatten(0, 1)
+        x = frames[flat.to(video.device)].to(self.device, non_blocking=True)
+        x = x.view(len(idx), self.frames, *video.shape[2:]).float().div_(255.0)
+        if self.train and self.augment:
+            x = random_resized_crop(x, gen)
+        return (x - self.mean) / self.std

@@ -1,0 +1,42 @@
+"""Video decoding with PyAV: frames at 1 fps, in time order, resized to a square uint8 array."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .audio import MediaError
+
+
+def extract_frames(path: str | Path, size: int, fps: float = 1.0) -> np.ndarray:
+    """Frames at ``fps`` (the first decoded frame at or after each 1/fps second), as uint8 (T, 3, size, size).
+
+    Frames come out in presentation-time order (never a directory listing's order).
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: video file not found")
+    kept: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path}: no video stream")
+            next_time = 0.0
+            for frame in container.decode(video=0):
+                t = float(frame.time) if frame.time is not None else len(kept) / fps
+                if t + 1e-6 >= next_time:
+                    kept.append(frame.to_ndarray(format="rgb24"))
+                    next_time = (int(t * fps + 1e-6) + 1) / fps
+    except MediaError:
+        raise
+    except Exception as err:  # av raises InvalidDataError and friends on corrupt files
+        raise MediaError(f"{path}: not a decodable video ({err})") from err
+    if not kept:
+        raise MediaError(f"{path}: video holds no frames")
+    frames = torch.from_numpy(np.stack(kept)).permute(0, 3, 1, 2).float()
+    frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return frames.round().clamp(0, 255).to(torch.uint8).numpy()

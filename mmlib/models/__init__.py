@@ -1,0 +1,6 @@
+"""Encoders and fusions (registered explicitly here) and the MultimodalModel."""
+from . import fusion, resnet  # noqa: F401  (registers encoders and fusions)
+from .fusion import PROTOCOLS, Fusion, ModelOutput
+from .multimodal import MultimodalModel, build_model
+
+__all__ = ["PROTOCOLS", "Fusion", "ModelOutput", "MultimodalModel", "build_model"]

@@ -1,0 +1,120 @@
+"""Fusion modules. Each declares its per-modality parameters and shared parameters, and how it yields
+unimodal logits under the named protocols:
+
+- ``zero_feature``: the other modalities' features set to 0, the full head (and full bias);
+- ``head_split``: the modality's own block of the head, bias / M (OGM-GE, AMSS, PMR);
+- ``zero_input``: the other inputs zeroed through the whole network (handled by MultimodalModel);
+- ``own_head``: a dedicated unimodal head.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..registry import register
+
+PROTOCOLS = ("zero_feature", "head_split", "zero_input", "own_head")
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, classes) fused prediction
+    features: dict[str, torch.Tensor]  # per-modality features the fusion consumed
+    extras: dict = field(default_factory=dict)  # fusion-specific outputs (per-branch logits, evidence, ...)
+
+
+class Fusion(nn.Module):
+    """Base class. ``kind`` is late (per-modality heads combined), early or hybrid (inside the encoders)."""
+
+    kind = "early"
+    protocols: tuple[str, ...] = ("zero_feature", "zero_input")
+    max_modalities: int | None = None
+
+    def __init__(self, dims: dict[str, int], num_classes: int):
+        super().__init__()
+        if len(dims) < 1:
+            raise ValueError("a fusion needs at least one modality")
+        if self.max_modalities is not None and len(dims) > self.max_modalities:
+            raise ValueError(f"{type(self).__name__} supports at most {self.max_modalities} modalities, "
+                             f"got {len(dims)}: {', '.join(dims)}")
+        self.dims, self.num_classes = dict(dims), num_classes
+        self.modalities = list(dims)
+
+    def run(self, encoders: nn.ModuleDict, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        """Encode each modality, then fuse. Hybrid fusions override this to act inside the encoders."""
+        features = {m: encoders[m](inputs[m]) for m in self.modalities}
+        return ModelOutput(self(features), features)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def unimodal(self, features: dict[str, torch.Tensor], modality: str, protocol: str) -> torch.Tensor:
+        if protocol == "zero_feature":
+            return self({m: f if m == modality else torch.zeros_like(f) for m, f in features.items()})
+        raise ValueError(f"{type(self).__name__} does not support the {protocol!r} protocol; "
+                         f"it supports {', '.join(self.protocols)}")
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        """The head's parameters that belong to ``modality`` alone."""
+        return []
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters that mix modalities. Default: every fusion parameter not owned by a modality."""
+        owned = {id(p) for m in self.modalities for p in self.modality_parameters(m)}
+        return [p for p in self.parameters() if id(p) not in owned]
+
+
+@register("fusions", "concat")
+class ConcatFusion(Fusion):
+    """Linear head on the concatenated features, stored as one weight block per modality plus a shared bias
+    (identical to ``Linear(sum(dims), classes)``), so each block is that modality's part of the head."""
+
+    kind = "early"
+    protocols = ("zero_feature", "head_split", "zero_input")
+
+    def __init__(self, dims: dict[str, int], num_classes: int):
+        super().__init__(dims, num_classes)
+        bound = 1.0 / math.sqrt(sum(dims.values()))
+        self.blocks = nn.ModuleDict({m: nn.Linear(d, num_classes, bias=False) for m, d in dims.items()})
+        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
+        for block in self.blocks.values():
+            nn.init.uniform_(block.weight, -bound, bound)
+
+    def forward(self, features):
+        return sum(self.blocks[m](features[m]) for m in self.modalities) + self.bias
+
+    def unimodal(self, features, modality, protocol):
+        if protocol == "head_split":
+            return self.blocks[modality](features[modality]) + self.bias / len(self.modalities)
+        if protocol == "zero_feature":
+            return self.blocks[modality](features[modality]) + self.bias
+        return super().unimodal(features, modality, protocol)
+
+    def modality_parameters(self, modality):
+        return list(self.blocks[modality].parameters())
+
+
+@register("fusions", "sum")
+class SumFusion(Fusion):
+    """Prediction summation: a linear head per modality, logits summed (late fusion)."""
+
+    kind = "late"
+    protocols = ("zero_feature", "head_split", "own_head", "zero_input")
+
+    def __init__(self, dims: dict[str, int], num_classes: int):
+        super().__init__(dims, num_classes)
+        self.heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
+
+    def forward(self, features):
+        return sum(self.heads[m](features[m]) for m in self.modalities)
+
+    def unimodal(self, features, modality, protocol):
+        if protocol in ("head_split", "own_head"):
+            return self.heads[modality](features[modality])
+        return super().unimodal(features, modality, protocol)
+
+    def modality_parameters(self, modality):
+        return list(self.heads[modality].parameters())

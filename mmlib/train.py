@@ -1,0 +1,211 @@
+"""The Trainer: epochs, device, precision, evaluation, checkpoint selection, resumption and logging.
+
+A balancer plugs in the method; the Trainer never looks at what it does. Selection is on the validation split
+(``select_on: test`` reproduces the public code's protocol and is recorded in the result); the test split is
+reported once, from the selected checkpoint. Per-epoch test curves (``track_test``) are for figures only.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .balancers.base import Balancer, TrainInfo
+from .config import ExperimentConfig
+from .data.cache import TensorCache, atomic_write_bytes
+from .data.loader import DeviceLoader, place_cache
+from .metrics import classification_metrics
+from .models.multimodal import MultimodalModel
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
+    """One parameter group per modality (encoder + its head part) and one for shared parameters, named, so a
+    balancer can set per-modality learning rates."""
+    groups = [{"params": ps, "name": name} for name, ps in model.parameter_groups().items() if ps]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optim.name must be sgd, adam or adagrad, got {cfg.name!r}")
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, model: MultimodalModel, balancer: Balancer, cache: TensorCache,
+                 run_dir: str | Path | None = None):
+        self.cfg, self.balancer, self.cache = cfg, balancer, cache
+        t = cfg.train
+        self.device = pick_device(t.device)
+        cuda = self.device.type == "cuda"
+        precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
+        if precision not in ("bf16", "fp32"):
+            raise ValueError(f"train.precision must be auto, bf16 or fp32, got {t.precision!r}")
+        self.precision = precision
+        self.channels_last = cuda and t.channels_last
+        torch.manual_seed(t.seed)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if t.compile:
+            self.model.compile()
+        for p in t.protocols:
+            if p not in model.fusion.protocols:
+                raise ValueError(f"train.protocols: fusion {type(model.fusion).__name__} does not support {p!r}; "
+                                 f"it supports {', '.join(model.fusion.protocols)}")
+        self.modalities = model.modalities
+        tensors = place_cache(cache, self.device)
+        common = dict(tensors=tensors, modalities=self.modalities, frames=cfg.data.frames, device=self.device,
+                      seed=t.seed, channels_last=self.channels_last)
+        self.loaders = {
+            "train": DeviceLoader(indices=cache.indices("train"), batch_size=t.batch_size, train=True,
+                                  augment=cfg.data.augment, **common),
+            "val": DeviceLoader(indices=cache.indices("val"), batch_size=t.eval_batch_size, train=False,
+                                augment=False, **common),
+            "test": DeviceLoader(indices=cache.indices("test"), batch_size=t.eval_batch_size, train=False,
+                                 augment=False, **common),
+        }
+        for split, loader in self.loaders.items():
+            if len(loader.indices) == 0:
+                raise ValueError(f"the {split} split is empty (dataset {cache.meta.get('dataset')})")
+        if t.select_on not in ("val", "test"):
+            raise ValueError(f"train.select_on must be val or test, got {t.select_on!r}")
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.optim.step_size, cfg.optim.gamma)
+        self.info = TrainInfo(epochs=t.epochs, steps_per_epoch=len(self.loaders["train"]),
+                              num_classes=cache.num_classes, modalities=self.modalities, device=self.device,
+                              autocast=self.autocast, protocol=t.protocols[0] if t.protocols else "zero_feature",
+                              extras={"val_loader": self.loaders["val"]})
+        self.balancer.setup(self.model, self.optimizer, self.info)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.history: list[dict] = []
+        self.steps: dict[str, list[float]] = {}
+        self.best = {"epoch": -1, "score": -1.0, "state": None}
+        self.start_epoch = 0
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        """Metrics of the fused prediction and, for each protocol, of each modality's unimodal logits."""
+        self.model.eval()
+        logits, labels = [], []
+        uni: dict[tuple[str, str], list[torch.Tensor]] = {}
+        for batch in self.loaders[split]:
+            with self.autocast():
+                out = self.model(batch.inputs)
+                logits.append(out.logits.float())
+                if len(self.modalities) > 1:
+                    for protocol in self.cfg.train.protocols:
+                        for m, z in self.model.unimodal_logits(batch.inputs, out, protocol).items():
+                            uni.setdefault((protocol, m), []).append(z.float())
+            labels.append(batch.label)
+        labels_all = torch.cat(labels)
+        result = classification_metrics(torch.cat(logits), labels_all)
+        result["unimodal"] = {}
+        for (protocol, m), zs in uni.items():
+            result["unimodal"].setdefault(protocol, {})[m] = classification_metrics(torch.cat(zs), labels_all)
+        if len(self.modalities) == 1:  # a unimodal model's own accuracy is its modality's
+            result["unimodal"]["model"] = {self.modalities[0]: {k: result[k] for k in ("acc", "map", "f1")}}
+        return result
+
+    # ------------------------------------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        loader = self.loaders["train"]
+        loader.set_epoch(epoch)
+        self.balancer.on_epoch_start(self, epoch)
+        states: list[dict[str, torch.Tensor]] = []
+        for batch in self._progress(loader, epoch):
+            states.append(self.balancer.training_step(self.model, batch, self.optimizer))
+        self.scheduler.step()
+        self.balancer.on_epoch_end(self, epoch)
+        keys = sorted({k for s in states for k in s})
+        means = {}
+        for k in keys:  # one host transfer per key and epoch
+            values = torch.stack([s[k].detach().float() for s in states if k in s]).cpu()
+            self.steps.setdefault(k, []).extend(values.tolist())
+            means[k] = float(values.mean())
+        return means
+
+    def _progress(self, loader, epoch):
+        mode = self.cfg.train.progress
+        if mode == "on" or (mode == "auto" and sys.stderr.isatty()):
+            from tqdm import tqdm
+            return tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False)
+        return loader
+
+    def fit(self) -> dict:
+        self._resume()
+        t0 = time.perf_counter()
+        select = self.cfg.train.select_on
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            train_state = self.train_epoch(epoch)
+            entry = {"epoch": epoch, "train": train_state, "lr": self.scheduler.get_last_lr()[0]}
+            entry["val"] = self.evaluate("val")
+            if self.cfg.train.track_test or select == "test":
+                entry["test"] = self.evaluate("test")
+            self.history.append(entry)
+            score = entry[select]["acc"]
+            if score > self.best["score"]:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                self.best = {"epoch": epoch, "score": score, "state": state}
+            self._checkpoint(epoch)
+        train_seconds = time.perf_counter() - t0
+        self.model.load_state_dict(self.best["state"])
+        final = {"val": self.evaluate("val"), "test": self.evaluate("test")}
+        return {"final": final, "best_epoch": self.best["epoch"], "select_on": select, "history": self.history,
+                "steps": self.steps, "train_seconds": train_seconds, "device": self._device_name(),
+                "precision": self.precision}
+
+    def _device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+
+    # ----------------------------------------------------------------------------------------------- resumption
+    def _checkpoint(self, epoch: int) -> None:
+        if self.run_dir is None:
+            return
+        blob = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "balancer": self.balancer.state_dict(),
+                "rng": torch.get_rng_state(), "history": self.history, "steps": self.steps,
+                "best": self.best, "config_hash": self.cfg.hash()}
+        if self.device.type == "cuda":
+            blob["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        atomic_write_bytes(self.run_dir / "checkpoint.pt", lambda tmp: torch.save(blob, tmp))
+
+    def _resume(self) -> None:
+        path = self.run_dir / "checkpoint.pt" if self.run_dir else None
+        if path is None or not path.is_file():
+            return
+        blob = torch.load(path, weights_only=True, map_location=self.device)
+        if blob["config_hash"] != self.cfg.hash():
+            raise ValueError(f"{path} belongs to another configuration ({blob['config_hash']})")
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        self.balancer.load_state_dict(blob["balancer"])
+        torch.set_rng_state(blob["rng"].cpu())
+        if "cuda_rng" in blob and self.device.type == "cuda":
+            torch.cuda.set_rng_state(blob["cuda_rng"].cpu(), self.device)
+        self.history, self.steps = blob["history"], blob["steps"]
+        self.best = blob["best"]
+        self.best["state"] = {k: v.cpu() for k, v in self.best["state"].items()}
+        self.start_epoch = blob["epoch"] + 1
