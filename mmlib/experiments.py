@@ -120,3 +120,19 @@ def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None) -> l
 
 def config_from(d: dict) -> ExperimentConfig:
     return from_dict(ExperimentConfig, d)
+
+
+def grid(params: dict, section: str, methods: dict[str, dict], seeds: list[int], **dotted) -> dict[str, list[RunRecord]]:
+    """Run every ``label -> balancer spec ({name, params})`` for every seed of a params.yaml section."""
+    from .config import experiment_config
+
+    out = {}
+    for label, spec in methods.items():
+        unknown = set(spec) - {"name", "params"}
+        if unknown:
+            raise KeyError(f"{section}.methods.{label}: unknown key(s) {sorted(unknown)}; use name and params")
+        out[label] = [run(experiment_config(params, section, **{"balancer.name": spec["name"],
+                                                               "balancer.params": spec.get("params", {}),
+                                                               "train.seed": seed}, **dotted))
+                      for seed in seeds]
+    return out

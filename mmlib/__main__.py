@@ -1,0 +1,103 @@
+"""Command line: python -m mmlib {list,prepare,train,sweep,bench}."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import registry
+
+
+def _load_everything() -> None:
+    from . import balancers, data, models  # noqa: F401  (explicit registration)
+
+
+def cmd_list(args) -> int:
+    _load_everything()
+    for name in registry.names(args.kind):
+        print(name)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .config import experiment_config, load_params
+    _load_everything()
+    params = load_params(args.profile)
+    cfg = experiment_config(params).data
+    dataset = registry.get("datasets", args.dataset)()
+    recipe = args.recipe or cfg.audio_recipe
+    size = args.image_size or cfg.image_size
+    generator = cfg.generator if getattr(dataset, "embedded", False) else {}
+    path = dataset.ensure_prepared(args.root, recipe, size, args.skip_bad, generator=generator) \
+        if getattr(dataset, "embedded", False) else dataset.prepare(args.root, recipe, size, args.skip_bad)
+    print(path)
+    return 0
+
+
+def _config(args):
+    from .config import ExperimentConfig, deep_merge, experiment_config, from_dict, load_params, parse_set
+    import yaml
+    overrides = parse_set(args.set or [])
+    if args.config:
+        with open(args.config) as fh:
+            d = yaml.safe_load(fh) or {}
+        base = experiment_config(load_params(args.profile)).to_dict() if args.profile else {}
+        cfg = from_dict(ExperimentConfig, deep_merge(base, d))
+        return cfg.replace(**overrides) if overrides else cfg
+    return experiment_config(load_params(args.profile or "demo"), args.section, **overrides)
+
+
+def cmd_train(args) -> int:
+    from .experiments import run
+    record = run(_config(args), force=args.force)
+    print(record.path)
+    print(json.dumps({"test": record.final["test"], "val": record.final["val"], "best_epoch": record.best_epoch,
+                      "select_on": record.select_on, "data": record.data}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered components")
+    p.add_argument("kind", choices=registry.KINDS)
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("prepare", help="validate a dataset's layout and build its tensor cache "
+                                       "(embedded datasets are generated first)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", required=True, help="directory in the dataset's public layout")
+    p.add_argument("--profile", default="demo", help="params.yaml profile for defaults (recipe, image size)")
+    p.add_argument("--recipe", help="audio recipe (default: params.yaml base.data.audio_recipe)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--skip-bad", action="store_true", help="report and skip bad clips instead of stopping")
+    p.set_defaults(fn=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one configuration (cached by its hash); prints the record path "
+                                     "and final metrics as JSON")
+    p.add_argument("--config", help="YAML ExperimentConfig (merged over --profile's base when given)")
+    p.add_argument("--profile", help="params.yaml profile (default demo when no --config)")
+    p.add_argument("--section", help="params.yaml section whose `experiment` overrides apply")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=3")
+    p.add_argument("--force", action="store_true", help="retrain even if a record exists")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("bench", help="throughput benchmark on the current device")
+    try:
+        from . import bench
+        bench.add_arguments(p)
+        p.set_defaults(fn=bench.main)
+    except ImportError as err:  # the benchmark module is optional until installed with the package
+        p.set_defaults(fn=lambda a, err=err: (print(f"bench unavailable: {err}", file=sys.stderr), 2)[1])
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
