@@ -1,0 +1,118 @@
+"""Configuration loading (profiles, strict keys and types), metrics, registry, and the command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmlib import registry
+from mmlib.__main__ import main
+from mmlib.config import ExperimentConfig, experiment_config, from_dict, load_params, parse_set
+from mmlib.metrics import average_precision, classification_metrics, macro_f1
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_profiles_overlay_the_file():
+    ci, demo = load_params("ci", ROOT / "params.yaml"), load_params("demo", ROOT / "params.yaml")
+    assert ci["base"]["train"]["epochs"] < demo["base"]["train"]["epochs"]
+    assert ci["base"]["data"]["root"] != demo["base"]["data"]["root"]
+    assert ci["base"]["data"]["generator"]["clips"] < demo["base"]["data"]["generator"]["clips"]
+    assert ci["base"]["data"]["generator"]["audio_present"] == demo["base"]["data"]["generator"]["audio_present"]
+    cfg = experiment_config(ci, "00_quickstart")
+    assert Path(cfg.data.root).is_absolute() and cfg.data.root.startswith(str(ROOT))
+
+
+def test_full_profile_has_paper_settings():
+    full = experiment_config(load_params("full", ROOT / "params.yaml"))
+    assert (full.optim.name, full.optim.lr, full.optim.momentum, full.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
+    assert full.data.audio_recipe == "stft_257x188" and full.data.image_size == 224
+
+
+def test_unknown_profile_and_section():
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        load_params("fast", ROOT / "params.yaml")
+    with pytest.raises(KeyError, match="no section 'nope'"):
+        experiment_config(load_params("ci", ROOT / "params.yaml"), "nope")
+
+
+def test_unknown_keys_and_wrong_types_fail_with_dotted_key():
+    with pytest.raises(KeyError, match=r"train\.epoch\b"):
+        from_dict(ExperimentConfig, {"train": {"epoch": 3}})
+    with pytest.raises(TypeError, match=r"train\.epochs: expected an integer"):
+        from_dict(ExperimentConfig, {"train": {"epochs": "3"}})
+    with pytest.raises(TypeError, match=r"data\.augment: expected a boolean"):
+        from_dict(ExperimentConfig, {"data": {"augment": 1}})
+    assert from_dict(ExperimentConfig, {"optim": {"lr": 1}}).optim.lr == 1.0  # ints are valid floats
+
+
+def test_balancer_params_are_validated_by_the_balancer():
+    with pytest.raises(KeyError, match="alhpa"):
+        registry.get("balancers", "ogm_ge")(alhpa=0.3)
+
+
+def test_parse_set():
+    assert parse_set(["train.epochs=3", "data.root=/x", "data.augment=false"]) == {
+        "train.epochs": 3, "data.root": "/x", "data.augment": False}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_set(["train.epochs"])
+
+
+def test_registry_rejects_duplicates_and_unknown():
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("balancers", "naive")(object)
+    with pytest.raises(KeyError, match="unknown balancer 'magic'; registered: .*naive"):
+        registry.get("balancers", "magic")
+
+
+def test_metrics_against_hand_computed():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [2.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 2.0]])
+    labels = torch.tensor([0, 1, 1, 2])
+    m = classification_metrics(logits, labels)
+    assert m["acc"] == pytest.approx(0.75)
+    # class 0: P=1/2 R=1 F1=2/3; class 1: P=1 R=1/2 F1=2/3; class 2: F1=1
+    assert macro_f1(logits, labels) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    # class 1 scores rank samples [2, 1, 3, 0] (softmax column 1): positives at ranks 1 and 2 -> AP 1
+    assert average_precision(torch.softmax(logits, 1)[:, 1], labels == 1) == pytest.approx(1.0)
+    assert average_precision(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([False, True, True])) == pytest.approx(
+        (1 / 2 + 2 / 3) / 2)
+
+
+def test_cli_lists_components(capsys):
+    assert main(["list", "balancers"]) == 0
+    out = capsys.readouterr().out.split()
+    assert {"naive", "unimodal", "ogm_ge"} <= set(out)
+    assert main(["list", "audio_recipes"]) == 0
+    assert {"stft_257x188", "spec_257x299"} <= set(capsys.readouterr().out.split())
+
+
+def test_cli_prepare_then_train_on_crema_layout(crema_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLIB_RESULTS", str(tmp_path / "results"))
+    env_cmd = [sys.executable, "-m", "mmlib"]
+    prep = subprocess.run(env_cmd + ["prepare", "--dataset", "crema_d", "--root", str(crema_copy),
+                                     "--recipe", "stft_129x94", "--image-size", "32"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert prep.returncode == 0, prep.stderr
+    assert Path(prep.stdout.strip()).is_file()
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        "data: {dataset: crema_d, audio_recipe: stft_129x94, image_size: 32}\n"
+        "model: {encoders: {audio: {name: resnet18, width: 4}, visual: {name: resnet18, width: 4}}}\n"
+        "train: {epochs: 1, batch_size: 8, progress: 'off'}\n")
+    train = subprocess.run(env_cmd + ["train", "--config", str(config), "--set", f"data.root={crema_copy}",
+                                      "--set", "balancer.name=ogm_ge"], capture_output=True, text=True, cwd=ROOT)
+    assert train.returncode == 0, train.stderr
+    lines = train.stdout.splitlines()
+    assert lines[0].endswith("record.json") and Path(lines[0]).is_file()
+    metrics = json.loads("\n".join(lines[1:]))
+    assert 0 <= metrics["test"]["acc"] <= 1 and metrics["data"]["dataset"] == "crema_d"
+
+
+def test_cli_errors_are_clear(crema_copy, capsys):
+    (crema_copy / "train.csv").write_text("clip,LABEL\n")
+    assert main(["prepare", "--dataset", "crema_d", "--root", str(crema_copy)]) == 2
+    assert "unknown label 'LABEL'" in capsys.readouterr().err
