@@ -70,7 +70,7 @@ class Trainer:
         self.modalities = model.modalities
         tensors = place_cache(cache, self.device)
         common = dict(tensors=tensors, modalities=self.modalities, frames=cfg.data.frames, device=self.device,
-                      seed=t.seed, channels_last=self.channels_last)
+                      seed=t.seed, channels_last=self.channels_last, normalize=cache.meta.get("normalize"))
         self.loaders = {
             "train": DeviceLoader(indices=cache.indices("train"), batch_size=t.batch_size, train=True,
                                   augment=cfg.data.augment, **common),

@@ -88,7 +88,7 @@ class DeviceLoader:
 
     def __init__(self, tensors: dict[str, torch.Tensor], indices: torch.Tensor, modalities: list[str],
                  batch_size: int, frames: int, train: bool, augment: bool, device: torch.device,
-                 seed: int = 0, channels_last: bool = False):
+                 seed: int = 0, channels_last: bool = False, normalize: dict | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.tensors, self.modalities = tensors, modalities
@@ -96,9 +96,18 @@ class DeviceLoader:
         self.batch_size, self.frames, self.train, self.augment = batch_size, frames, train, augment
         self.device, self.seed, self.epoch = device, seed, 0
         self.channels_last = channels_last
+        normalize = normalize or {}
         self.drop_last = train and len(indices) > batch_size  # full, static-shape batches when training
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1)
+        # frame-sequence modalities are those with a per-clip frame count ``<m>_count`` in the cache
+        self.frame_modalities = {m for m in modalities if f"{m}_count" in tensors}
+        self.norm = {m: self._normalisation(tensors[m].shape[2], normalize.get(m), device)
+                     for m in self.frame_modalities}
+
+    @staticmethod
+    def _normalisation(channels: int, spec, device):
+        mean, std = spec if spec else ((IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,) * channels, (0.5,) * channels))
+        return (torch.tensor(mean, device=device).view(1, 1, channels, 1, 1),
+                torch.tensor(std, device=device).view(1, 1, channels, 1, 1))
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -123,21 +132,23 @@ class DeviceLoader:
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             inputs = {}
             for m in self.modalities:
-                if m == "visual":
-                    inputs[m] = self._visual(idx, gen)
+                if m in self.frame_modalities:
+                    inputs[m] = self._frames(m, idx, gen)
                 else:
-                    x = self._take(m, idx).float()
+                    x = self._take(m, idx)
+                    x = x.float() if x.is_floating_point() else x  # token ids stay integers
                     inputs[m] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
             yield Batch(inputs=inputs, label=self._take("label", idx), index=idx)
 
-    def _visual(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        count = self._take("visual_count", idx)
+    def _frames(self, m: str, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        count = self._take(f"{m}_count", idx)
         pos = segment_frames(count, self.frames, self.train, gen)  # (B, frames)
-        video = self.tensors["visual"]  # (N, T_max, 3, S, S) uint8
+        video = self.tensors[m]  # (N, T_max, C, S, S) uint8
         flat = (idx.unsqueeze(1) * video.shape[1] + pos).flatten()  # gather only the chosen frames
         frames = video.flatten(0, 1)
         x = frames[flat.to(video.device)].to(self.device, non_blocking=True)
         x = x.view(len(idx), self.frames, *video.shape[2:]).float().div_(255.0)
         if self.train and self.augment:
             x = random_resized_crop(x, gen)
-        return (x - self.mean) / self.std
+        mean, std = self.norm[m]
+        return (x - mean) / std
