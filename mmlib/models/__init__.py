@@ -1,5 +1,6 @@
 """Encoders and fusions (registered explicitly here) and the MultimodalModel."""
 from . import fusion, resnet  # noqa: F401  (registers encoders and fusions)
+from . import cnn_fusion, feature_fusion, text, transformer, video3d  # noqa: F401
 from .fusion import PROTOCOLS, Fusion, ModelOutput
 from .multimodal import MultimodalModel, build_model
 

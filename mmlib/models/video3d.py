@@ -1,0 +1,68 @@
+"""A small I3D-style 3D CNN for video streams (the NVGesture branches of AMSS and Greedy use I3D; greedy.md §6.1,
+amss.md §5): a 3D stem, then stages of inception modules with 3D convolutions, global average pooling.
+
+Input (B, T, C, H, W) (a single frame (B, C, H, W) is read as T = 1); output (B, out_dim).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import register
+
+
+class Unit3d(nn.Sequential):
+    """Conv3d -> BatchNorm3d -> ReLU, 'same' padding for odd kernels."""
+
+    def __init__(self, cin: int, cout: int, kernel=(1, 1, 1), stride=(1, 1, 1)):
+        padding = tuple(k // 2 for k in kernel)
+        super().__init__(nn.Conv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Inception3d(nn.Module):
+    """Inception module of I3D: 1x1x1 | 1x1x1 -> 3x3x3 | 1x1x1 -> 3x3x3 | max-pool -> 1x1x1, concatenated.
+    ``width`` is the channels of each of the four branches (out = 4 * width)."""
+
+    def __init__(self, cin: int, width: int):
+        super().__init__()
+        self.branch1 = Unit3d(cin, width)
+        self.branch2 = nn.Sequential(Unit3d(cin, width), Unit3d(width, width, (3, 3, 3)))
+        self.branch3 = nn.Sequential(Unit3d(cin, max(1, width // 2)), Unit3d(max(1, width // 2), width, (3, 3, 3)))
+        self.branch4 = nn.Sequential(nn.MaxPool3d(3, 1, 1), Unit3d(cin, width))
+        self.out_channels = 4 * width
+
+    def forward(self, x):
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], dim=1)
+
+
+@register("encoders", "i3d")
+class I3DEncoder(nn.Module):
+    """Stem: 7x7x7 conv (stride 1, 2, 2) and a spatial max-pool; then ``len(blocks)`` stages of inception modules
+    (branch width ``width * 2**stage``), a (time, space) max-pool between stages; mean over time and space."""
+
+    def __init__(self, in_channels: int = 3, width: int = 16, blocks: tuple[int, ...] = (2, 2, 2)):
+        super().__init__()
+        if in_channels < 1 or width < 1 or not blocks or min(blocks) < 1:
+            raise ValueError(f"i3d: in_channels, width and every entry of blocks must be >= 1, got "
+                             f"{in_channels}, {width}, {list(blocks)}")
+        self.stem = nn.Sequential(Unit3d(in_channels, 2 * width, (7, 7, 7), (1, 2, 2)),
+                                  nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)))
+        layers, cin = [], 2 * width
+        for stage, count in enumerate(blocks):
+            if stage > 0:
+                layers.append(nn.MaxPool3d(3, 2, 1))
+            for _ in range(count):
+                module = Inception3d(cin, width * 2**stage)
+                layers.append(module)
+                cin = module.out_channels
+        self.stages = nn.Sequential(*layers)
+        self.in_channels, self.out_dim = in_channels, cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x.unsqueeze(1)
+        if x.dim() != 5 or x.shape[2] != self.in_channels:
+            raise ValueError(f"i3d expects (B, T, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        x = self.stages(self.stem(x.transpose(1, 2)))  # (B, C, T, H, W)
+        return x.mean(dim=(2, 3, 4))
