@@ -39,7 +39,8 @@ def vit():
 # encoder factory and input shape per fusion family (hybrid fusions need their own encoders)
 SETUPS = {
     "mmtm": (lambda i: resnet(4), lambda i: (BATCH, 2, 3, 32, 32) if i == 1 else (BATCH, 3, 32, 32), {}),
-    "channel": (lambda i: resnet(4 * (i + 1)), lambda i: (BATCH, 3, 32, 32), {"stages": ["layer3", "layer4"]}),
+    "channel": (lambda i: resnet(4 * (i + 1)), lambda i: (BATCH, 3, 32, 32),
+                {"stages": ["layer3", "layer4"]}),
     "mbt": (lambda i: vit(), lambda i: (BATCH, 2, 1, 8, 8) if i == 1 else (BATCH, 1, 8, 8),
             {"fusion_layer": 1, "bottlenecks": 2}),
 }
@@ -120,7 +121,8 @@ def test_late_and_branch_fusions_own_their_heads(name):
 
 def test_dempster_shafer_matches_hand_computation():
     # view 1: alpha (3, 1): S = 4, b = (1/2, 0), u = 1/2; view 2: alpha (1, 2): S = 3, b = (0, 1/3), u = 2/3
-    # conflict = 1/2 * 1/3 = 1/6; b = (1/3, 1/6) / (5/6) = (0.4, 0.2); u = (1/3) / (5/6) = 0.4; S = 2 / 0.4 = 5
+    # conflict = 1/2 * 1/3 = 1/6; b = (1/3, 1/6) / (5/6) = (0.4, 0.2); u = (1/3) / (5/6) = 0.4;
+    # S = 2 / 0.4 = 5, alpha = b * S + 1 = (3, 2)
     combined = dempster_shafer(torch.tensor([[3.0, 1.0]]), torch.tensor([[1.0, 2.0]]))
     torch.testing.assert_close(combined, torch.tensor([[3.0, 2.0]]))
 
@@ -154,7 +156,7 @@ def test_etmc_logits_are_the_log_of_the_folded_opinions():
     assert set(out.extras["alphas"]) == {"a", "b", "c", "pseudo"}
 
 
-# ------------------------------------------------------------------------------------------------ MMTM (Greedy)
+# -------------------------------------------------------------------------------------------- MMTM (Greedy)
 def _mmtm_model(seed=0):
     model, inputs = build("mmtm", 2, seed)
     model.train()
@@ -211,10 +213,10 @@ def test_mmtm_running_averages_update_in_training_mode_only():
 
 
 def test_mmtm_frozen_gate_uses_the_running_average_excitation():
-    model, inputs = _mmtm_model()
+    model, _ = _mmtm_model()
     fusion: MMTMFusion = model.fusion
     module = fusion.mmtm["layer2"]
-    maps = {"a": torch.randn(BATCH, module.channels["a"], 4, 4), "b": torch.randn(BATCH, module.channels["b"], 4, 4)}
+    maps = {m: torch.randn(BATCH, c, 4, 4) for m, c in module.channels.items()}
     out = module(maps, {"a": 1, "b": 1}, "layer2", frozen_gate=frozenset({"a"}))
     gate = 2 * torch.sigmoid(module.running_excitation("a"))
     torch.testing.assert_close(out["a"], maps["a"] * gate[None, :, None, None])
@@ -226,9 +228,8 @@ def test_mmtm_prediction_is_the_mean_of_the_branch_logits_and_switches_check_nam
         out = model(inputs)
     branches = out.extras["branch_logits"]
     torch.testing.assert_close(out.logits, (branches["a"] + branches["b"]) / 2)
-    with pytest.raises(KeyError, match="unknown modalities"):
-        with model.fusion.frozen_gate("depth"):
-            pass
+    with pytest.raises(KeyError, match="unknown modalities"), model.fusion.frozen_gate("depth"):
+        pass
     shared = {id(p) for p in model.fusion.shared_parameters()}
     assert all(id(p) in shared for p in model.fusion.bypass_parameters("a"))
 

@@ -1,6 +1,5 @@
 """Encoders and fusions (registered explicitly here) and the MultimodalModel."""
-from . import fusion, resnet  # noqa: F401  (registers encoders and fusions)
-from . import cnn_fusion, feature_fusion, text, transformer, video3d  # noqa: F401
+from . import cnn_fusion, feature_fusion, fusion, resnet, text, transformer, video3d  # noqa: F401 (registry)
 from .fusion import PROTOCOLS, Fusion, ModelOutput
 from .multimodal import MultimodalModel, build_model
 

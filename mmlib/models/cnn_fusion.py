@@ -26,7 +26,7 @@ RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def resnet_stage_channels(out_dim: int, stage: str) -> int:
-    """Channels after ``stage`` of a ResNet whose output has ``out_dim`` channels (widths double per stage)."""
+    """Channels after ``stage`` of a ResNet with ``out_dim`` output channels (widths double per stage)."""
     divisor = 2 ** (len(RESNET_STAGES) - 1 - RESNET_STAGES.index(stage))
     if out_dim % divisor:
         raise ValueError(f"out_dim {out_dim} is not a ResNet output width (not divisible by {divisor})")
@@ -77,21 +77,24 @@ class MMTM(nn.Module):
         seen = self.samples_seen
         rate = self.momentum if self.momentum is not None else batch / (seen + batch)
         for m in self.channels:
-            for mean, value in ((self.running_squeeze(m), squeezes[m]), (self.running_excitation(m), excitations[m])):
+            for mean, value in ((self.running_squeeze(m), squeezes[m]),
+                                (self.running_excitation(m), excitations[m])):
                 mean.add_(rate * (value.float().mean(0) - mean))
         seen.add_(batch)
 
     def forward(self, maps: dict[str, torch.Tensor], frames: dict[str, int], stage: str,
                 frozen_gate: frozenset[str] = frozenset(), averaged_squeeze: frozenset[str] = frozenset(),
                 record: bool = False) -> dict[str, torch.Tensor]:
-        """``maps[m]``: (B*T_m, C_m, H, W). ``frozen_gate``: modalities whose excitation is replaced by its running
-        average (eq. 13-14). ``averaged_squeeze``: modalities whose excitation sees the other modalities'
-        running-average squeezes instead of theirs (eq. 7). ``record``: update the running averages."""
+        """``maps[m]``: (B*T_m, C_m, H, W). ``frozen_gate``: modalities whose excitation is replaced by its
+        running average (eq. 13-14). ``averaged_squeeze``: modalities whose excitation sees the other
+        modalities' running-average squeezes instead of theirs (eq. 7). ``record``: update the running
+        averages."""
         squeezes = {}
         for m, fmap in maps.items():
             if fmap.shape[1] != self.channels[m]:
-                raise ValueError(f"MMTM after {stage}: the {m!r} encoder gives {fmap.shape[1]} channels, expected "
-                                 f"{self.channels[m]}; the fusion's dims must be the ResNet encoders' out_dim")
+                raise ValueError(f"MMTM after {stage}: the {m!r} encoder gives {fmap.shape[1]} channels, "
+                                 f"expected {self.channels[m]}; the fusion's dims must be the ResNet "
+                                 f"encoders' out_dim")
             squeezes[m] = fmap.mean(dim=(2, 3)).view(-1, frames[m], fmap.shape[1]).mean(dim=1)
         batches = {m: h.shape[0] for m, h in squeezes.items()}
         if len(set(batches.values())) != 1:
@@ -141,7 +144,7 @@ class ResNetStreamsFusion(Fusion):
         self._averaged_squeeze: frozenset[str] = frozenset()
         self._recording = False
 
-    # ------------------------------------------------------------------------------ Greedy switches (eq. 7, 13)
+    # -------------------------------------------------------------------------- Greedy switches (eq. 7, 13)
     def _check(self, modalities) -> frozenset[str]:
         unknown = [m for m in modalities if m not in self.dims]
         if unknown:
@@ -150,9 +153,10 @@ class ResNetStreamsFusion(Fusion):
 
     @contextlib.contextmanager
     def frozen_gate(self, *modalities: str):
-        """Re-balancing step (greedy.md eq. 13-14): inside the block, each named modality's excitation in every
-        MMTM is its running average w_bar, so its branch receives nothing from the other modality and that
-        branch's output depends on its own input only. Running averages are not updated inside the block."""
+        """Re-balancing step (greedy.md eq. 13-14): inside the block, each named modality's excitation in
+        every MMTM is its running average w_bar, so its branch receives nothing from the other modality and
+        that branch's output depends on its own input only. Running averages are not updated inside the
+        block."""
         previous, self._frozen_gate = self._frozen_gate, self._check(modalities)
         try:
             yield self
@@ -163,7 +167,8 @@ class ResNetStreamsFusion(Fusion):
     def averaged_squeeze(self, *modalities: str):
         """Conditional utilization (greedy.md eq. 7-8): inside the block, each named modality's excitation is
         computed from its own squeeze and the other modalities' running-average squeezes h_bar, giving the
-        branch f'_m that relies on its own modality only. Running averages are not updated inside the block."""
+        branch f'_m that relies on its own modality only. Running averages are not updated inside the
+        block."""
         previous, self._averaged_squeeze = self._averaged_squeeze, self._check(modalities)
         try:
             yield self
@@ -255,8 +260,9 @@ class MMTMFusion(ResNetStreamsFusion):
 
 @register("fusions", "channel")
 class ChannelFusion(ResNetStreamsFusion):
-    """AMSS "Channel" fusion (amss.md §5, ref. [14]): squeeze and multimodal excitation between the CNN streams
-    after ``stages``, then a concatenation head on the pooled features (so ``head_split`` is available)."""
+    """AMSS "Channel" fusion (amss.md §5, ref. [14]): squeeze and multimodal excitation between the CNN
+    streams after ``stages``, then a concatenation head on the pooled features (so ``head_split`` is
+    available)."""
 
     protocols = ("zero_feature", "head_split", "zero_input")
 

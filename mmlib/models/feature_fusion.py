@@ -32,8 +32,8 @@ def _positive(name: str, **values: int) -> None:
 
 @register("fusions", "weight")
 class WeightFusion(Fusion):
-    """Prediction weight fusion (amss.md §5, ref. [10]): a head per modality, and an attention network scoring
-    each modality, score_m = v·tanh(W_m h_m); the prediction is sum_m softmax(score)_m · logits_m."""
+    """Prediction weight fusion (amss.md §5, ref. [10]): a head per modality, and an attention network
+    scoring each modality, score_m = v·tanh(W_m h_m); the prediction is sum_m softmax(score)_m · logits_m."""
 
     kind = "late"
     protocols = ("zero_feature", "own_head", "zero_input")
@@ -47,8 +47,8 @@ class WeightFusion(Fusion):
 
     def modality_weights(self, features) -> torch.Tensor:
         """(B, K) attention weights over the modalities, in ``self.modalities`` order."""
-        scores = torch.cat([self.score(torch.tanh(self.keys[m](features[m]))) for m in self.modalities], dim=1)
-        return scores.softmax(dim=1)
+        scores = [self.score(torch.tanh(self.keys[m](features[m]))) for m in self.modalities]
+        return torch.cat(scores, dim=1).softmax(dim=1)
 
     def forward(self, features):
         logits = torch.stack([self.heads[m](features[m]) for m in self.modalities], dim=1)  # (B, K, C)
@@ -150,7 +150,7 @@ class MultiLayerLSTMFusion(Fusion):
 
 
 def dempster_shafer(alpha_1: torch.Tensor, alpha_2: torch.Tensor) -> torch.Tensor:
-    """Reduced Dempster-Shafer combination of two Dirichlet opinions (TMC/ETMC, Han et al., amss.md ref. [47]).
+    """Reduced Dempster-Shafer combination of two Dirichlet opinions (TMC/ETMC, amss.md ref. [47]).
 
     With S = sum(alpha), belief b = (alpha - 1) / S and uncertainty u = C / S (C classes):
     conflict c = sum_{i != j} b1_i b2_j, b = (b1 b2 + b1 u2 + b2 u1) / (1 - c), u = u1 u2 / (1 - c);
@@ -170,8 +170,8 @@ def dempster_shafer(alpha_1: torch.Tensor, alpha_2: torch.Tensor) -> torch.Tenso
 
 @register("fusions", "etmc")
 class ETMCFusion(Fusion):
-    """Enhanced trusted multi-view classification (ETMC, amss.md ref. [47]). Each modality's head gives evidence
-    e_m = softplus(logits_m), a Dirichlet alpha_m = e_m + 1; opinions are combined with the reduced
+    """Enhanced trusted multi-view classification (ETMC, amss.md ref. [47]). Each modality's head gives
+    evidence e_m = softplus(logits_m), a Dirichlet alpha_m = e_m + 1; opinions are combined with the reduced
     Dempster-Shafer rule (``dempster_shafer``), folded over the modalities in order. With ``pseudo_view`` (the
     "enhanced" part) a head on the concatenated features adds one more opinion. Returned logits are
     log(combined alpha), monotone in the combined evidence; ``extras["alphas"]`` holds every opinion's alpha
@@ -186,7 +186,7 @@ class ETMCFusion(Fusion):
         self.pseudo_head = nn.Linear(sum(dims.values()), num_classes) if pseudo_view else None
 
     def opinions(self, features) -> dict[str, torch.Tensor]:
-        """Dirichlet parameters alpha = softplus(logits) + 1 of every view (modalities, then the pseudo view)."""
+        """alpha = softplus(logits) + 1 of every view (the modalities, then the pseudo view)."""
         alphas = {m: F.softplus(self.heads[m](features[m]).float()) + 1 for m in self.modalities}
         if self.pseudo_head is not None:
             joint = torch.cat([features[m] for m in self.modalities], dim=-1)

@@ -1,5 +1,6 @@
-"""Text encoder through ``transformers``: a BERT-family model by name (AMSS Sarcasm / Twitter-15 use BERT-base,
-amss.md §5), or, offline or with ``pretrained=False``, a BERT built locally from a small ``BertConfig``.
+"""Text encoder through ``transformers``: a BERT-family model by name (AMSS Sarcasm / Twitter-15 use
+BERT-base, amss.md §5), or, offline or with ``pretrained=False``, a BERT built locally from a small
+``BertConfig``.
 
 Input: token ids (B, L) int64, pad id 0; the attention mask is ``ids != 0``. Output: the pooled features
 (B, hidden). Self-attention projections are tagged with the head-wise mask unit ``p.mask_unit`` (see
@@ -18,10 +19,10 @@ from .transformer import mark_heads
 
 @register("encoders", "text_bert")
 class BertTextEncoder(nn.Module):
-    """``model_name`` is loaded from the local Hugging Face cache only (never downloaded here). When its files are
-    absent (a warning says so) or ``pretrained=False``, a randomly initialised BERT is built with ``width``
-    hidden channels, ``layers`` layers, ``heads`` heads, ``vocab_size`` tokens and ``max_length`` positions.
-    ``in_channels`` is accepted for a uniform encoder signature and ignored."""
+    """``model_name`` is loaded from the local Hugging Face cache only (never downloaded here). When its
+    files are absent (a warning says so) or ``pretrained=False``, a randomly initialised BERT is built with
+    ``width`` hidden channels, ``layers`` layers, ``heads`` heads, ``vocab_size`` tokens and ``max_length``
+    positions. ``in_channels`` is accepted for a uniform encoder signature and ignored."""
 
     def __init__(self, in_channels: int = 1, width: int = 768, model_name: str = "bert-base-uncased",
                  pretrained: bool = True, layers: int = 12, heads: int = 12, vocab_size: int = 30522,
@@ -34,8 +35,8 @@ class BertTextEncoder(nn.Module):
             try:
                 self.model = AutoModel.from_pretrained(model_name, local_files_only=True)
             except OSError:
-                warnings.warn(f"text_bert: no local files for {model_name!r}; building a randomly initialised "
-                              f"BERT (width {width}, {layers} layers) instead", stacklevel=2)
+                warnings.warn(f"text_bert: no local files for {model_name!r}; building a randomly "
+                              f"initialised BERT (width {width}, {layers} layers) instead", stacklevel=2)
         if self.model is None:
             if width % heads:
                 raise ValueError(f"text_bert: width {width} is not divisible by heads {heads}")
@@ -57,7 +58,8 @@ class BertTextEncoder(nn.Module):
         if ids.dim() != 2 or ids.dtype != torch.int64:
             raise ValueError(f"text_bert expects token ids (B, L) int64, got {tuple(ids.shape)} {ids.dtype}")
         if ids.shape[1] > self.max_length:
-            raise ValueError(f"text_bert: sequence length {ids.shape[1]} exceeds max_length {self.max_length}")
+            raise ValueError(f"text_bert: sequence length {ids.shape[1]} exceeds max_length "
+                             f"{self.max_length}")
         out = self.model(input_ids=ids, attention_mask=(ids != 0).long())
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state[:, 0]

@@ -66,15 +66,16 @@ class ViTEncoder(nn.Module):
     """ViT (images, frames) / AST (spectrograms) encoder: non-overlapping ``patch_size`` patches of an
     ``input_size`` input, learned position embeddings (bilinearly resized when an input has another size), a
     CLS token, ``depth`` pre-norm blocks of ``width`` channels and ``heads`` heads; output: the normalised CLS
-    token, (B, width). Input (B, C, H, W), or (B, T, C, H, W) with T <= ``max_frames``: the patches of all frames
-    form one sequence, each frame with its own learned time embedding."""
+    token, (B, width). Input (B, C, H, W), or (B, T, C, H, W) with T <= ``max_frames``: the patches of all
+    frames form one sequence, each frame with its own learned time embedding."""
 
     def __init__(self, in_channels: int = 3, width: int = 192, depth: int = 4, heads: int = 3,
                  patch_size: int = 16, input_size: tuple[int, int] = (224, 224), max_frames: int = 1,
                  mlp_ratio: float = 4.0):
         super().__init__()
-        for key, value in dict(in_channels=in_channels, width=width, depth=depth, heads=heads,
-                               patch_size=patch_size, max_frames=max_frames).items():
+        sizes = {"in_channels": in_channels, "width": width, "depth": depth, "heads": heads,
+                 "patch_size": patch_size, "max_frames": max_frames}
+        for key, value in sizes.items():
             if value < 1:
                 raise ValueError(f"vit: {key} must be >= 1, got {value}")
         height, width_px = input_size
@@ -118,7 +119,7 @@ class ViTEncoder(nn.Module):
 
 @register("fusions", "mbt")
 class MBTFusion(Fusion):
-    """Multimodal bottleneck transformer (MBT; amss.md Table 4) over ``vit`` encoders of equal width and depth.
+    """Multimodal bottleneck transformer (MBT; amss.md Table 4) over ``vit`` encoders of one width and depth.
     Layers before ``fusion_layer`` run per modality; from then on each modality's layer reads its tokens plus
     ``bottlenecks`` shared bottleneck tokens, and the bottleneck is the mean of the K updated copies, so the
     modalities exchange information only through it. A linear head per modality reads its CLS token; the
@@ -131,7 +132,7 @@ class MBTFusion(Fusion):
         super().__init__(dims, num_classes)
         widths = set(dims.values())
         if len(widths) != 1:
-            raise ValueError(f"mbt needs encoders of one width (the bottleneck tokens are shared), got {dims}")
+            raise ValueError(f"mbt needs encoders of one width (the bottleneck is shared), got {dims}")
         if fusion_layer < 0 or bottlenecks < 1:
             raise ValueError(f"mbt: fusion_layer must be >= 0 and bottlenecks >= 1, got {fusion_layer}, "
                              f"{bottlenecks}")
@@ -147,8 +148,8 @@ class MBTFusion(Fusion):
                 raise TypeError(f"mbt needs vit encoders; the {m!r} encoder is {type(encoders[m]).__name__}")
             depths[m] = len(encoders[m].blocks)
         if len(set(depths.values())) != 1 or self.fusion_layer >= min(depths.values()):
-            raise ValueError(f"mbt needs encoders of one depth greater than fusion_layer={self.fusion_layer}, "
-                             f"got depths {depths}")
+            raise ValueError(f"mbt needs encoders of one depth greater than fusion_layer="
+                             f"{self.fusion_layer}, got depths {depths}")
         tokens = {m: encoders[m].tokens(inputs[m]) for m in self.modalities}
         for m in self.modalities:
             for block in encoders[m].blocks[:self.fusion_layer]:
@@ -165,7 +166,8 @@ class MBTFusion(Fusion):
             bottleneck = torch.stack(updated).mean(dim=0)
         features = {m: encoders[m].pool(tokens[m]) for m in self.modalities}
         branches = {m: self.heads[m](features[m]) for m in self.modalities}
-        return ModelOutput(torch.stack(list(branches.values())).mean(dim=0), features, {"branch_logits": branches})
+        fused = torch.stack(list(branches.values())).mean(dim=0)
+        return ModelOutput(fused, features, {"branch_logits": branches})
 
     def forward(self, features):
         return torch.stack([self.heads[m](features[m]) for m in self.modalities]).mean(dim=0)

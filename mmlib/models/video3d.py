@@ -1,5 +1,6 @@
-"""A small I3D-style 3D CNN for video streams (the NVGesture branches of AMSS and Greedy use I3D; greedy.md §6.1,
-amss.md §5): a 3D stem, then stages of inception modules with 3D convolutions, global average pooling.
+"""A small I3D-style 3D CNN for video streams (the NVGesture branches of AMSS and Greedy use I3D;
+greedy.md §6.1, amss.md §5): a 3D stem, then stages of inception modules with 3D convolutions, global
+average pooling.
 
 Input (B, T, C, H, W) (a single frame (B, C, H, W) is read as T = 1); output (B, out_dim).
 """
@@ -28,7 +29,8 @@ class Inception3d(nn.Module):
         super().__init__()
         self.branch1 = Unit3d(cin, width)
         self.branch2 = nn.Sequential(Unit3d(cin, width), Unit3d(width, width, (3, 3, 3)))
-        self.branch3 = nn.Sequential(Unit3d(cin, max(1, width // 2)), Unit3d(max(1, width // 2), width, (3, 3, 3)))
+        narrow = max(1, width // 2)
+        self.branch3 = nn.Sequential(Unit3d(cin, narrow), Unit3d(narrow, width, (3, 3, 3)))
         self.branch4 = nn.Sequential(nn.MaxPool3d(3, 1, 1), Unit3d(cin, width))
         self.out_channels = 4 * width
 
@@ -38,8 +40,9 @@ class Inception3d(nn.Module):
 
 @register("encoders", "i3d")
 class I3DEncoder(nn.Module):
-    """Stem: 7x7x7 conv (stride 1, 2, 2) and a spatial max-pool; then ``len(blocks)`` stages of inception modules
-    (branch width ``width * 2**stage``), a (time, space) max-pool between stages; mean over time and space."""
+    """Stem: 7x7x7 conv (stride 1, 2, 2) and a spatial max-pool; then ``len(blocks)`` stages of inception
+    modules (branch width ``width * 2**stage``), a (time, space) max-pool between stages; mean over time
+    and space."""
 
     def __init__(self, in_channels: int = 3, width: int = 16, blocks: tuple[int, ...] = (2, 2, 2)):
         super().__init__()
