@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..registry import register
 from .base import Balancer
+from .common import check_choice, per_modality, require_modalities, resolve_protocol
 from .masking import (SAMPLING, UnitLayout, apply_unit_multipliers, build_layout, conv_weights, layer_distribution,
                       sample_units, unit_importance, units_per_layer)
 
@@ -127,26 +128,6 @@ def subnetwork(model, modality: str, scope: str) -> tuple[list, set[int]]:
     return params, convs
 
 
-def default_protocol(fusion) -> str:
-    """q(y|x^(k)): the modality's own head under late fusion, zero-padding of the other features otherwise."""
-    if fusion.kind == "late":
-        for p in ("own_head", "head_split"):
-            if p in fusion.protocols:
-                return p
-    return "zero_feature" if "zero_feature" in fusion.protocols else "zero_input"
-
-
-def _check_protocol(fusion, protocol: str) -> None:
-    if protocol != "zero_input" and protocol not in fusion.protocols:
-        raise ValueError(f"protocol {protocol!r} is not supported by fusion {type(fusion).__name__} "
-                         f"(it supports {', '.join(fusion.protocols)}, and zero_input)")
-
-
-def _check_choice(name: str, value: str, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
 # ------------------------------------------------------------------------------------------------ AMSS / AMSS+
 @dataclass
 class AMSSConfig:
@@ -179,10 +160,10 @@ class AMSS(Balancer):
             params = {**self.official_code_overrides, **params}  # the code's values unless given explicitly
         super().__init__(**params)
         c = self.cfg
-        _check_choice("amss.variant", c.variant, VARIANTS)
-        _check_choice("amss.sampling", c.sampling, SAMPLING)
-        _check_choice("amss.ratio", c.ratio, RATIOS)
-        _check_choice("amss.scope", c.scope, SCOPES)
+        check_choice("amss.variant", c.variant, VARIANTS)
+        check_choice("amss.sampling", c.sampling, SAMPLING)
+        check_choice("amss.ratio", c.ratio, RATIOS)
+        check_choice("amss.scope", c.scope, SCOPES)
         if c.tau <= 0:
             raise ValueError(f"amss.tau must be > 0, got {c.tau}")
         if not 0 <= c.momentum < 1:
@@ -190,10 +171,8 @@ class AMSS(Balancer):
 
     def setup(self, model, optimizer, info):
         super().setup(model, optimizer, info)
-        if len(model.modalities) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least two modalities, got {model.modalities}")
-        self.protocol = default_protocol(model.fusion) if self.cfg.protocol == "auto" else self.cfg.protocol
-        _check_protocol(model.fusion, self.protocol)
+        require_modalities(type(self).__name__, model.modalities)
+        self.protocol = resolve_protocol(model.fusion, self.cfg.protocol)
         self.layouts: dict[str, UnitLayout] = {}
         for m in model.modalities:
             params, convs = subnetwork(model, m, self.cfg.scope)
@@ -254,7 +233,7 @@ class AMSSPlus(AMSS):
 
     def __init__(self, **params):
         super().__init__(**params)
-        _check_choice("amss_plus.scaling", self.cfg.scaling, SCALINGS)
+        check_choice("amss_plus.scaling", self.cfg.scaling, SCALINGS)
         if self.cfg.scaling == "exact" and self.cfg.sampling == "importance":
             raise ValueError("amss_plus.scaling='exact' needs inclusion probabilities in closed form: use "
                              "sampling='systematic' (importance-proportional) or 'random'")
@@ -281,17 +260,6 @@ class GlobalWiseConfig:
     scope: str = "auto"  # subnetwork scaled, as for amss
 
 
-def _per_modality(values: dict, modalities: list[str], name: str, low: float, high: float) -> dict[str, float]:
-    unknown = sorted(set(values) - set(modalities))
-    if unknown:
-        raise ValueError(f"{name}: unknown modalities {unknown}; the model has {modalities}")
-    out = {m: float(values.get(m, 1.0)) for m in modalities}
-    for m, v in out.items():
-        if not low <= v <= high:
-            raise ValueError(f"{name}[{m!r}] must be in [{low}, {high}], got {v}")
-    return out
-
-
 @register("balancers", "global_wise")
 class GlobalWise(Balancer):
     """Table 1, global-wise: every gradient of modality k's subnetwork scaled by a fixed v^(k) (amss.md §3.1)."""
@@ -300,7 +268,7 @@ class GlobalWise(Balancer):
 
     def setup(self, model, optimizer, info):
         super().setup(model, optimizer, info)
-        coeffs = _per_modality(self.cfg.coefficients, model.modalities, "global_wise.coefficients", 0.0, float("inf"))
+        coeffs = per_modality(self.cfg.coefficients, model.modalities, "global_wise.coefficients", 0.0, float("inf"))
         self.params = {m: subnetwork(model, m, self.cfg.scope)[0] for m in model.modalities}
         self.coeffs = {m: torch.tensor(v, device=info.device) for m, v in coeffs.items()}
 
@@ -330,7 +298,7 @@ class ElementwiseUniform(Balancer):
 
     def setup(self, model, optimizer, info):
         super().setup(model, optimizer, info)
-        ratios = _per_modality(self.cfg.ratios, model.modalities, "elementwise_uniform.ratios", 1e-9, 1.0)
+        ratios = per_modality(self.cfg.ratios, model.modalities, "elementwise_uniform.ratios", 1e-9, 1.0)
         self.layouts = {m: build_layout(*subnetwork(model, m, self.cfg.scope), info.device) for m in model.modalities}
         self.rho = {m: torch.tensor(v, device=info.device) for m, v in ratios.items()}
 
