@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 PROFILES = ("ci", "demo", "full")
+RESULTS_VERSION = 1  # part of every run's hash: bump when a code change alters training results
 
 
 @dataclass
@@ -86,7 +87,7 @@ class ExperimentConfig:
 
     def hash(self) -> str:
         """Canonical hash of everything that changes a run's result."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps({"results_version": RESULTS_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def replace(self, **dotted: Any) -> "ExperimentConfig":

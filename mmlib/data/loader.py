@@ -5,6 +5,7 @@ asynchronously). Nothing is decoded per sample: an epoch is a permutation and a 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,8 +59,7 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None, scal
     b, t, c, h, w = x.shape
     dev = x.device
     area = torch.empty(b, device=dev).uniform_(*scale, generator=generator)
-    log_r = torch.empty(b, device=dev).uniform_(torch.log(torch.tensor(ratio[0])).item(),
-                                                torch.log(torch.tensor(ratio[1])).item(), generator=generator)
+    log_r = torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     r = torch.exp(log_r)
     sw = torch.sqrt(area * r).clamp(max=1.0)  # crop width / image width
     sh = torch.sqrt(area / r).clamp(max=1.0)

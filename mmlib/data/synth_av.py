@@ -1,11 +1,11 @@
 """``synth_av``: the embedded audio-visual dataset, written in the public CREMA-D layout.
 
-Seeded and procedural. Each clip has a class-tied audio cue (a chord of two tones whose pitches encode the
-class) and a class-tied visual cue (a drifting grating whose orientation encodes the class). Each cue is present
-in a clip with its own probability and otherwise replaced by a distractor, so the modalities are complementary;
-the audio cue is stronger and present more often, so audio dominates and naive joint training under-trains
-the visual encoder. Everything that sets the difficulty is a field of ``SynthAVConfig`` (params.yaml:
-``datasets.synth_av``).
+Seeded and procedural. Each clip has a class-tied audio cue (a chord of two tones whose pitches encode the class)
+and a class-tied visual cue (a drifting grating whose orientation in [0, 90] degrees encodes the class, so
+horizontal flips keep classes apart). Each cue is present in a clip with its own probability and otherwise
+replaced by a class-free distractor, so the modalities are complementary; the audio cue is stronger and present
+more often, so audio dominates and naive joint training under-trains the visual encoder. Everything that sets
+the difficulty is a field of ``SynthAVConfig`` (params.yaml: ``base.data.generator``).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..registry import register
 from .cache import atomic_write_bytes
 from .crema_d import LABELS, CremaD
 
+GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
 SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
 LEVELS = ("LO", "MD", "HI", "XX")
 
@@ -44,7 +45,8 @@ class SynthAVConfig:
     def fingerprint(self) -> str:
         import hashlib
         import json
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        blob = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def clip_names(n: int, labels: list[int]) -> list[str]:
@@ -79,7 +81,9 @@ def _video(cfg: SynthAVConfig, label: int, rng: np.random.Generator, seconds: fl
     s = cfg.video_size
     yy, xx = np.mgrid[0:s, 0:s] / s
     present = rng.random() < cfg.visual_present
-    angle = np.pi * label / cfg.classes if present else np.pi * (rng.integers(0, cfg.classes) + 0.5) / cfg.classes
+    # orientations in [0, pi/2]: a horizontal flip maps theta to pi - theta, so classes stay distinct under flips
+    step = (np.pi / 2) / (cfg.classes - 1)
+    angle = step * label if present else step * (rng.integers(0, cfg.classes - 1) + 0.5)
     angle += rng.normal(0, 0.05)
     freq = rng.uniform(3.0, 5.0)
     phase0, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 2.0)
