@@ -82,7 +82,7 @@ def update_ratios(u: torch.Tensor, tau: float) -> torch.Tensor:
     """rho^(k) = 1 - exp(u^(k)/tau) / sum_n exp(u^(n)/tau) (Eq. 4), (K,)."""
     if u.numel() < 2:
         raise ValueError(f"update ratios need at least two modalities, got {u.numel()}")
-    return 1 - torch.softmax(u.float() / tau, dim=0)
+    return 1 - torch.softmax(u.double() / tau, dim=0)
 
 
 def official_code_ratios(unimodal_logits: dict[str, torch.Tensor], features: dict[str, torch.Tensor],
@@ -300,7 +300,7 @@ class ElementwiseUniform(Balancer):
         super().setup(model, optimizer, info)
         ratios = per_modality(self.cfg.ratios, model.modalities, "elementwise_uniform.ratios", 1e-9, 1.0)
         self.layouts = {m: build_layout(*subnetwork(model, m, self.cfg.scope), info.device) for m in model.modalities}
-        self.rho = {m: torch.tensor(v, device=info.device) for m, v in ratios.items()}
+        self.rho = {m: torch.tensor(v, device=info.device, dtype=torch.float64) for m, v in ratios.items()}
 
     @torch.no_grad()
     def adjust_gradients(self, model, out, batch):

@@ -1,0 +1,328 @@
+"""One training step of each balancer on tiny models: which parameters move, by how much, and the logged state.
+
+Plain SGD (lr 1, no momentum, no weight decay), so a parameter's change is minus its edited gradient and can be
+compared with the plain cross-entropy gradient of an identical copy of the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmlib.balancers.base import TrainInfo
+from mmlib.data.loader import Batch
+from mmlib.models.fusion import ConcatFusion, SumFusion
+from mmlib.models.multimodal import MultimodalModel
+from mmlib.registry import get
+from mmlib.train import build_optimizer
+
+CLASSES = 3
+MINE = ["amss", "amss_plus", "global_wise", "elementwise_uniform", "ogr_gb", "mses", "mslr", "domfn", "pmr", "agm"]
+
+
+class TinyConv(nn.Module):
+    def __init__(self, channels: int, width: int = 4):
+        super().__init__()
+        self.conv, self.bn, self.out_dim = nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), width
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+
+
+class TinyAttention(nn.Module):
+    """A projection split into 2 heads along its output rows (``mask_unit``), as the transformer encoders do."""
+
+    def __init__(self, dim_in: int = 5, heads: int = 2, head_dim: int = 3):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, heads * head_dim)
+        self.proj.weight.mask_unit = ("head", heads, 0)
+        self.proj.bias.mask_unit = ("head", heads, 0)
+        self.out_dim = heads * head_dim
+
+    def forward(self, x):
+        return torch.tanh(self.proj(x))
+
+
+def make_model(fusion=ConcatFusion, modalities=("audio", "visual")):
+    torch.manual_seed(0)
+    make = {"audio": lambda: TinyConv(1), "visual": lambda: TinyConv(3), "text": lambda: TinyAttention()}
+    encoders = {m: make[m]() for m in modalities}
+    return MultimodalModel(encoders, fusion({m: e.out_dim for m, e in encoders.items()}, CLASSES))
+
+
+def make_batch(modalities=("audio", "visual"), size: int = 12):
+    g = torch.Generator().manual_seed(1)
+    shapes = {"audio": (size, 1, 6, 6), "visual": (size, 3, 6, 6), "text": (size, 5)}
+    inputs = {m: torch.randn(*shapes[m], generator=g) for m in modalities}
+    inputs["audio"] = inputs["audio"] * 3  # a louder modality
+    return Batch(inputs=inputs, label=torch.arange(size) % CLASSES, index=torch.arange(size))
+
+
+def fake_trainer(model, batch):
+    return SimpleNamespace(model=model, loaders={"train": [batch, batch], "val": [batch]},
+                           autocast=contextlib.nullcontext)
+
+
+def run_step(name, params=None, fusion=ConcatFusion, modalities=("audio", "visual")):
+    """(model, balancer, logged state, {param name: change}, {param name: plain CE gradient})."""
+    model, batch = make_model(fusion, modalities), make_batch(modalities)
+    reference = copy.deepcopy(model)
+    F.cross_entropy(reference(batch.inputs).logits, batch.label).backward()
+    plain = {n: p.grad.clone() for n, p in reference.named_parameters()}
+    optimizer = build_optimizer(model, SimpleNamespace(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0))
+    balancer = get("balancers", name)(**(params or {}))
+    balancer.setup(model, optimizer, TrainInfo(epochs=3, steps_per_epoch=1, num_classes=CLASSES,
+                                               modalities=list(modalities), device=torch.device("cpu")))
+    balancer.on_epoch_start(fake_trainer(model, batch), 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = balancer.training_step(model, batch, optimizer)
+    change = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    return model, balancer, {k: float(v) for k, v in state.items()}, change, plain
+
+
+def unit_rows(name: str, tensor: torch.Tensor, model) -> torch.Tensor:
+    """The tensor viewed as (units, elements) under AMSS's mask units."""
+    param = dict(model.named_parameters())[name]
+    tag = getattr(param, "mask_unit", None)
+    if tag is not None:
+        return tensor.movedim(tag[2], 0).reshape(tag[1], -1)
+    if param.dim() == 4:
+        return tensor.flatten(1)
+    return tensor.reshape(-1, 1)
+
+
+def expected_units(rho: float, n: int) -> int:
+    return min(n, max(1, math.ceil(rho * n - 1e-9)))
+
+
+def check_masked(name, change, plain, model, rho, scale_check):
+    """Unsampled units unchanged; exactly ceil(rho C_l) units moved; moved units by -scale * g, one scale per unit."""
+    rows, grad = unit_rows(name, change[name], model), unit_rows(name, plain[name], model)
+    assert bool((grad.abs().sum(1) > 0).all()), f"{name}: every unit needs a gradient for this check"
+    moved = rows.abs().sum(1) > 0
+    assert int(moved.sum()) == expected_units(rho, rows.shape[0]), name
+    scale = (-rows[moved] / grad[moved])
+    assert torch.allclose(scale, scale[:, :1].expand_as(scale), rtol=1e-4, atol=1e-6), name
+    scale_check(scale[:, 0])
+
+
+def subnet_names(model, modality, with_head):
+    names = [f"encoders.{modality}.{n}" for n, _ in model.encoders[modality].named_parameters()]
+    if with_head:
+        ids = {id(p) for p in model.fusion.modality_parameters(modality)}
+        names += [n for n, p in model.named_parameters() if id(p) in ids]
+    return names
+
+
+# ------------------------------------------------------------------------------------------ AMSS family
+@pytest.mark.parametrize("fusion", [ConcatFusion, SumFusion])
+def test_amss_updates_exactly_the_sampled_units(fusion):
+    model, bal, state, change, plain = run_step("amss", fusion=fusion)
+    late = fusion.kind == "late"
+    masked = set()
+    for m in ("audio", "visual"):
+        assert 0 < state[f"rho_{m}"] < 1 and math.isfinite(state[f"u_{m}"])
+        for name in subnet_names(model, m, with_head=late):
+            check_masked(name, change, plain, model, state[f"rho_{m}"],
+                         lambda s: torch.testing.assert_close(s, torch.ones_like(s), rtol=1e-4, atol=1e-4))
+            masked.add(name)
+    for name in set(change) - masked:  # outside the subnetworks (the concat head): the plain gradient step
+        assert torch.allclose(change[name], -plain[name], atol=1e-6), name
+    assert state["rho_audio"] + state["rho_visual"] == pytest.approx(1.0)  # K = 2: softmax complements
+
+
+def test_amss_plus_scales_sampled_units_by_paper_practical_form():
+    model, bal, state, change, plain = run_step("amss_plus")
+    for m in ("audio", "visual"):
+        for name in subnet_names(model, m, with_head=False):
+            n_units = unit_rows(name, change[name], model).shape[0]
+            check_masked(name, change, plain, model, state[f"rho_{m}"],
+                         lambda s: bool(((s > 1 / (n_units + 1)) & (s <= 1 / n_units + 1e-6)).all()) or pytest.fail(
+                             f"{name}: scale {s} is not 1/(p + C_l)"))
+        assert 0 < state[f"scale_{m}"] < 1
+
+
+def test_amss_plus_exact_scaling_inflates_drawn_units():
+    model, bal, state, change, plain = run_step("amss_plus", {"scaling": "exact", "sampling": "systematic"})
+    for m in ("audio", "visual"):
+        for name in subnet_names(model, m, with_head=False):
+            check_masked(name, change, plain, model, state[f"rho_{m}"],
+                         lambda s: bool((s >= 1 - 1e-5).all()) or pytest.fail(f"{name}: 1/pi < 1: {s}"))
+
+
+def test_amss_plus_rho_one_is_scaling_only():
+    model, bal, state, change, plain = run_step("amss_plus", {"ratio": "one", "scaling": "official_code"})
+    for m in ("audio", "visual"):
+        for name in subnet_names(model, m, with_head=False):
+            c = unit_rows(name, change[name], model).shape[0]  # every unit moves, by 1/(pi + 1/C) in (C/(C+1), C]
+            check_masked(name, change, plain, model, 1.0,
+                         lambda s: bool(((s > c / (c + 1) - 1e-5) & (s <= c + 1e-4)).all()) or pytest.fail(str(s)))
+
+
+def test_amss_three_modalities_with_head_wise_units():
+    mods = ("audio", "visual", "text")
+    model, bal, state, change, plain = run_step("amss", fusion=SumFusion, modalities=mods)
+    assert sum(state[f"rho_{m}"] for m in mods) == pytest.approx(2.0)  # K - 1
+    for name in ("encoders.text.proj.weight", "encoders.text.proj.bias"):
+        rows = unit_rows(name, change[name], model)
+        assert rows.shape[0] == 2  # two heads, each moved or left whole
+        moved = rows.abs().sum(1) > 0
+        assert int(moved.sum()) == expected_units(state["rho_text"], 2)
+        assert bool(((rows != 0).all(1) | (rows == 0).all(1)).all())
+
+
+def test_amss_needs_two_modalities():
+    with pytest.raises(ValueError, match="at least 2 modalities"):
+        run_step("amss", modalities=("audio",))
+
+
+def test_amss_official_code_variant_masks_conv_kernels_only():
+    model, bal, state, change, plain = run_step("amss", {"variant": "official_code"})
+    assert bal.cfg.tau == 0.2 and bal.cfg.momentum == 0.0 and bal.protocol == "head_split"
+    for m in ("audio", "visual"):
+        assert 0.1 <= state[f"rho_{m}"] <= 0.9
+        check_masked(f"encoders.{m}.conv.weight", change, plain, model, state[f"rho_{m}"], lambda s: None)
+        for name in (f"encoders.{m}.bn.weight", f"encoders.{m}.bn.bias"):
+            assert torch.allclose(change[name], -plain[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("scope, masked_part", [("classifier", "fusion"), ("backbone", "encoders")])
+def test_amss_component_ablations(scope, masked_part):
+    model, bal, state, change, plain = run_step("amss", {"scope": scope})
+    for m in ("audio", "visual"):
+        names = subnet_names(model, m, with_head=True)
+        for name in names:
+            if name.startswith(masked_part):
+                check_masked(name, change, plain, model, state[f"rho_{m}"], lambda s: None)
+            else:
+                assert torch.allclose(change[name], -plain[name], atol=1e-6), name
+
+
+def test_global_wise_scales_each_encoder_by_its_coefficient():
+    model, bal, state, change, plain = run_step("global_wise", {"coefficients": {"audio": 0.25}})
+    assert state == {"loss": pytest.approx(state["loss"]), "coeff_audio": 0.25, "coeff_visual": 1.0}
+    for name in change:
+        factor = 0.25 if name.startswith("encoders.audio.") else 1.0
+        assert torch.allclose(change[name], -factor * plain[name], atol=1e-6), name
+    with pytest.raises(ValueError, match="unknown modalities"):
+        run_step("global_wise", {"coefficients": {"depth": 0.5}})
+
+
+def test_elementwise_uniform_keeps_the_fixed_ratio():
+    model, bal, state, change, plain = run_step("elementwise_uniform", {"ratios": {"audio": 0.5}})
+    assert state["rho_audio"] == 0.5 and state["rho_visual"] == 1.0
+    for m, rho in (("audio", 0.5), ("visual", 1.0)):
+        for name in subnet_names(model, m, with_head=False):
+            check_masked(name, change, plain, model, rho, lambda s: torch.testing.assert_close(s, torch.ones_like(s), rtol=1e-4, atol=1e-4))
+
+
+# ------------------------------------------------------------------------------------------ Table 2 baselines
+def test_agm_scales_encoders_by_logged_coefficients():
+    model, bal, state, change, plain = run_step("agm")
+    for name in change:
+        m = name.split(".")[1] if name.startswith("encoders.") else None
+        factor = state[f"coeff_{m}"] if m else 1.0
+        assert torch.allclose(change[name], -factor * plain[name], rtol=1e-4, atol=1e-6), name
+    assert state["coeff_audio"] == pytest.approx(1.0)  # first step: the running mean equals the batch's scores
+    state2 = bal.state_dict()
+    assert state2["steps"] == 1 and torch.isfinite(state2["running"]).all()
+
+
+def test_gradient_blending_weights_loss_and_reestimate():
+    model, bal, state, change, plain = run_step("ogr_gb", {"super_epoch": 1})
+    assert [state[f"weight_{k}"] for k in ("fused", "audio", "visual")] == pytest.approx([1 / 3] * 3)
+    batch = make_batch()
+    trainer = fake_trainer(model, batch)
+    optimizer = build_optimizer(model, SimpleNamespace(name="sgd", lr=0.5, momentum=0.0, weight_decay=0.0))
+    for _ in range(5):
+        bal.training_step(model, batch, optimizer)
+    bal.on_epoch_end(trainer, 0)
+    weights = bal.weights
+    assert sum(weights.values()) == pytest.approx(1.0) and all(w >= 0 for w in weights.values())
+    assert weights != pytest.approx({k: 1 / 3 for k in weights})
+
+
+def test_mses_stops_a_plateaued_modality():
+    model, bal, state, change, plain = run_step("mses", {"patience": 1})
+    batch = make_batch()
+    trainer = fake_trainer(model, batch)
+    bal.on_epoch_end(trainer, 0)  # first measurement: an improvement on +inf
+    assert bal.lr_factors == {"audio": 1.0, "visual": 1.0}
+    bal.best = {"audio": -1.0, "visual": float("inf")}  # audio's loss can no longer improve
+    bal.on_epoch_end(trainer, 1)
+    assert bal.lr_factors == {"audio": 0.0, "visual": 1.0}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, SimpleNamespace(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0))
+    logged = bal.training_step(model, batch, optimizer)
+    assert float(logged["lr_factor_audio"]) == 0.0
+    for n, p in model.named_parameters():
+        moved = not torch.equal(p, before[n])
+        assert moved == (not n.startswith("encoders.audio.") and not n.startswith("fusion.blocks.audio")), n
+    assert [g["lr"] for g in optimizer.param_groups] == [1.0] * len(optimizer.param_groups)
+
+
+def test_mslr_strategies():
+    model, bal, state, change, plain = run_step("mslr", {"lr_scales": {"audio": 0.5}})
+    assert state["lr_factor_audio"] == 0.5 and state["lr_factor_visual"] == 1.0
+    for name in change:
+        factor = 0.5 if name.startswith(("encoders.audio.", "fusion.blocks.audio")) else 1.0
+        assert torch.allclose(change[name], -factor * plain[name], atol=1e-6), name
+    model, bal, *_ = run_step("mslr", {"strategy": "smooth", "lr_scales": {"audio": 3.0}})
+    bal.on_epoch_start(None, 2)  # last of 3 epochs
+    assert bal.lr_factors == {"audio": 1.0, "visual": 1.0}
+    model, bal, *_ = run_step("mslr", {"strategy": "dynamic"})
+    trainer = fake_trainer(model, make_batch())
+    bal.on_epoch_end(trainer, 0)
+    bal.on_epoch_end(trainer, 1)  # same model: no better unimodal accuracy
+    assert bal.lr_factors == {"audio": 0.5, "visual": 0.5}
+
+
+def test_domfn_step():
+    model, bal, state, change, plain = run_step("domfn", {"gamma": 1.0})
+    assert state["fused_fraction"] == 1.0 and 0 <= state["penalty_audio"] <= 1
+    assert any(change[n].abs().sum() > 0 for n in change if n.startswith("fusion"))
+    model, bal, state, change, plain = run_step("domfn", {"gamma": 0.0, "eta": 0.5})  # nothing fused
+    assert state["fused_fraction"] == 0.0
+    reference, batch = make_model(), make_batch()  # only the unimodal terms, the fused prediction held fixed
+    out = reference(batch.inputs)
+    p_f = torch.softmax(out.logits.detach(), 1)
+    loss = 0
+    for z in reference.unimodal_logits(batch.inputs, out, bal.protocol).values():
+        ce = F.cross_entropy(z, batch.label, reduction="none")
+        loss = loss + 0.5 * ce.square() - 0.5 * (torch.softmax(z, 1) - p_f).square().amax(1)
+    loss.mean().backward()
+    for n, p in reference.named_parameters():
+        expected = -p.grad if p.grad is not None else torch.zeros_like(p)
+        assert torch.allclose(change[n], expected, atol=1e-5), n
+
+
+def test_pmr_prototypes_and_step():
+    model, bal, state, change, plain = run_step("pmr")
+    assert set(bal.prototypes) == {"audio", "visual"} and bal.prototypes["audio"].shape == (CLASSES, 4)
+    assert state["ratio"] >= 1.0
+    weak = "audio" if state["score_audio"] < state["score_visual"] else "visual"
+    strong = "visual" if weak == "audio" else "audio"
+    assert state[f"pce_coeff_{weak}"] == pytest.approx(state["ratio"] - 1.0, abs=1e-6)
+    assert state[f"pce_coeff_{strong}"] == 0.0 and state[f"per_coeff_{strong}"] == pytest.approx(state["ratio"] - 1)
+    old = {m: p.clone() for m, p in bal.prototypes.items()}
+    bal.on_epoch_start(fake_trainer(model, make_batch()), 1)  # EMA with mu = 0.2 towards the new class means
+    assert not torch.equal(old["audio"], bal.prototypes["audio"])
+    restored = get("balancers", "pmr")()
+    restored.info = bal.info
+    restored.load_state_dict(bal.state_dict())
+    assert torch.equal(restored.prototypes["visual"], bal.prototypes["visual"])
+
+
+@pytest.mark.parametrize("fusion", [ConcatFusion, SumFusion])
+@pytest.mark.parametrize("name", MINE)
+def test_every_balancer_step_logs_finite_state(name, fusion):
+    model, bal, state, change, plain = run_step(name, fusion=fusion)
+    assert "loss" in state and all(math.isfinite(v) for v in state.values()), state
+    assert any(bool(c.abs().sum() > 0) for c in change.values())
+    bal.load_state_dict(bal.state_dict())  # resumable
