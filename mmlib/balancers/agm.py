@@ -4,7 +4,7 @@ gradient modulation").
 Per step, the model is run again in eval mode without gradients on every non-empty subset S of the modalities, the
 others zero-padded at the input, giving f(S) (f(empty) = 0, as in the public code). Then:
     r^m_i   = sum_{S not containing m} |S|! (M - |S| - 1)! / M! (f(S + m) - f(S))      (Shapley unimodal response)
-    s^m     = 1/B sum_i log softmax(r^m_i)[y_i]                                          (mono score; prob. floor 1e-8)
+    s^m     = 1/B sum_i log softmax(r^m_i)[y_i]                                          (mono score, floor 1e-8)
     ratio^m = exp(M / (M - 1) (s^m - mean_k s^k))                                        (imbalance ratio)
     target^m: the same ratio from the running means of the scores since training began
     k^m     = exp(alpha min(target^m - ratio^m, cap))

@@ -1,34 +1,35 @@
-"""AMSS / AMSS+ (Yang et al., TPAMI: "Learning to Rebalance Multi-Modal Optimization by Adaptively Masking
+"""AMSS / AMSS+ (Yang et al., TPAMI, "Learning to Rebalance Multi-Modal Optimization by Adaptively Masking
 Subnetworks") and the two modulations of its Table 1.
 
 Per step, after the fused loss's backward (amss.md §3.2-3.3):
-    u_hat^(k) = I(X^(k); Y) / H(X^(k)),  I >= H(Y) + 1/B sum_i log q(y_i | x_i^(k))        (modal significance, Eq. 2)
-    u^(k)     <- lambda u^(k) + (1 - lambda) u_hat^(k)                                     (momentum, Eq. 3)
-    rho^(k)   = 1 - softmax(u / tau)_k                                                      (update ratio, Eq. 4)
-    F_j       = g_j^2, p_j = F_j / sum_{j in modality k} F_j                                (importance, §3.2.2)
-    in every layer l of modality k, draw ceil(rho^(k) C_l) of its C_l mask units without replacement by importance
-    AMSS:  g <- g * m,      m_j = 1 on drawn units, 0 elsewhere                             (Eq. 1)
-    AMSS+: g <- g * m_hat,  m_hat_j = 1 / (p_j + C_l) on drawn units                        (the practical form after Eq. 5)
-           ``scaling="exact"``: 1 / pi_j, pi_j the exact inclusion probability (Eq. 5; needs a sampling scheme whose
-           pi_j is known: ``systematic`` or ``random``); ``scaling="official_code"``: 1 / (pi_j + 1 / C_l), pi_j the
-           unit's importance normalised within its layer (the public code).
+    u_hat^(k) = I(X^(k); Y) / H(X^(k)),  I >= H(Y) + 1/B sum_i log q(y_i | x_i^(k))    (significance, Eq. 2)
+    u^(k)     <- lambda u^(k) + (1 - lambda) u_hat^(k)                                 (momentum, Eq. 3)
+    rho^(k)   = 1 - softmax(u / tau)_k                                                  (update ratio, Eq. 4)
+    F_j       = g_j^2,  p_j = F_j / sum_{j in modality k} F_j                           (importance, §3.2.2)
+    in every layer l of modality k, draw ceil(rho^(k) C_l) of its C_l mask units without replacement
+    AMSS:  g <- g * m,      m_j = 1 on drawn units, 0 elsewhere                         (Eq. 1)
+    AMSS+: g <- g * m_hat,  m_hat_j = 1 / (p_j + C_l) on drawn units                    (after Eq. 5)
+The other AMSS+ scalings: ``exact``, 1 / pi_j with pi_j the exact inclusion probability (Eq. 5; needs
+``systematic`` or ``random`` sampling, whose pi_j is known), and ``official_code``, 1 / (pi_j + 1 / C_l) with pi_j
+the unit's importance normalised within its layer (the public code).
 
-q(y | x^(k)) is the modality's own head under late fusion (``own_head``, else ``head_split``) and the fused head with
-the other features zeroed (``zero_feature``) under early / hybrid fusion. H(X^(k)) is estimated, as in the public code,
-by the mean entropy of the softmax over the modality's pooled feature vector (the paper does not say how).
+q(y | x^(k)) is the modality's own head under late fusion (``own_head``, else ``head_split``) and the fused head
+with the other features zeroed (``zero_feature``) under early / hybrid fusion. H(X^(k)) is estimated as in the
+public code, by the mean entropy of the softmax over the modality's pooled feature vector (the paper is silent).
 
-The subnetwork of modality k is its encoder, plus its part of the head under late fusion (supplement C.2); mask units
-are output channels of convolutions, attention heads of tensors tagged ``mask_unit``, single elements otherwise
-(``mmlib.balancers.masking``).
+The subnetwork of modality k is its encoder, plus its part of the head under late fusion (supplement C.2); mask
+units are output channels of convolutions, attention heads of tensors tagged ``mask_unit``, single elements
+otherwise (``mmlib.balancers.masking``).
 
-``variant="official_code"`` switches to the public code's formulas (reference/implementations.md §1.3): no momentum,
-rate (-CE + H_code(Y) + 0.5) / H(feature softmax) with H_code(Y) the cross-entropy of the label frequencies with their
-own softmax, temperature 0.2, ratios clamped to [0.1, 0.9] (0.5 for all when a numerator is <= 0 or a ratio is NaN),
-``head_split`` logits, only convolution kernels masked, and AMSS+ scaling 1 / (pi + 1/C_l).
+``variant="official_code"`` switches to the public code's formulas (reference/implementations.md §1.3): no
+momentum, rate (-CE + H_code(Y) + 0.5) / H(feature softmax) with H_code(Y) the cross-entropy of the label
+frequencies with their own softmax, temperature 0.2, ratios clamped to [0.1, 0.9] (0.5 for all when a numerator
+is <= 0 or a ratio is NaN), ``head_split`` logits, only convolution kernels masked, AMSS+ scaling 1 / (pi + 1/C_l).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,17 @@ import torch.nn.functional as F
 from ..registry import register
 from .base import Balancer
 from .common import check_choice, per_modality, require_modalities, resolve_protocol
-from .masking import (SAMPLING, UnitLayout, apply_unit_multipliers, build_layout, conv_weights, layer_distribution,
-                      sample_units, unit_importance, units_per_layer)
+from .masking import (
+    SAMPLING,
+    UnitLayout,
+    apply_unit_multipliers,
+    build_layout,
+    conv_weights,
+    layer_distribution,
+    sample_units,
+    unit_importance,
+    units_per_layer,
+)
 
 SCOPES = ("auto", "backbone", "classifier", "both", "conv_kernels")
 VARIANTS = ("paper", "official_code")
@@ -86,7 +96,8 @@ def update_ratios(u: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def official_code_ratios(unimodal_logits: dict[str, torch.Tensor], features: dict[str, torch.Tensor],
-                         labels: torch.Tensor, num_classes: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                         labels: torch.Tensor, num_classes: int,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The public code's rates and ratios: rate_k = (-CE_k + H_code(Y) + 0.5) / H(features_k);
     rho = clamp(1 - softmax(rate / T), 0.1, 0.9); all 0.5 if a numerator is <= 0; NaN -> 0.5. (For K = 2,
     1 - softmax(t)_a = e^{t_v} / (e^{t_a} + e^{t_v}), the code's coefficient.)"""
@@ -153,7 +164,7 @@ class AMSS(Balancer):
     """AMSS: 0/1 masks on subnetworks sized by modal significance (amss.md §3.2)."""
 
     Config = AMSSConfig
-    official_code_overrides: dict = OFFICIAL_CODE
+    official_code_overrides: ClassVar[dict] = OFFICIAL_CODE
 
     def __init__(self, **params):
         if params.get("variant") == "official_code":

@@ -60,10 +60,12 @@ def build_layout(params: list[nn.Parameter], channel_params: set[int], device) -
         tag = getattr(p, "mask_unit", None)
         if tag is not None:
             if len(tag) != 3 or tag[0] != "head":
-                raise ValueError(f"mask_unit must be ('head', num_heads, dim), got {tag!r} on a {tuple(p.shape)} tensor")
+                raise ValueError(f"mask_unit must be ('head', num_heads, dim), got {tag!r} on a "
+                                 f"{tuple(p.shape)} tensor")
             _, heads, dim = tag
             if heads < 1 or p.shape[dim] % heads:
-                raise ValueError(f"mask_unit {tag!r}: dim {dim} of size {p.shape[dim]} does not split into {heads} heads")
+                raise ValueError(f"mask_unit {tag!r}: dim {dim} of size {p.shape[dim]} does not split into "
+                                 f"{heads} heads")
             kinds.append(("head", heads, dim % p.dim()))
             sizes.append(heads)
         elif id(p) in channel_params:

@@ -1,7 +1,7 @@
 """OGR-GB: Gradient-Blending (Wang, Tran & Feiszli, CVPR 2020, "What makes training multi-modal classification
 networks hard?"), online version.
 
-The loss blends the fused head and each modality's unimodal head:  L = sum_k w_k CE(logits_k),  k in {fused, m_1..m_K}.
+The loss blends the fused head and each modality's unimodal head: L = sum_k w_k CE(logits_k), k in {fused, m_1..m_K}.
 Every super-epoch of n epochs, with L^T / L^V the train / validation losses of each head at the start (N) and end
 (N + n) of the super-epoch:
     O_N    = L^V_N - L^T_N                           (overfitting)

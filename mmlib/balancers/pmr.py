@@ -8,7 +8,8 @@ Per step, with d(h, c) the Euclidean distance and P^m_i = softmax_y(-d(h^m_i, c^
     PCE^m   = 1/B sum_i -log P^m_i[y_i]                          (prototypical cross-entropy)
     PER^m   = 1/B sum_i H(P^m_i)                                 (prototypical entropy)
     L       = CE(fused) + beta PCE^weak - gamma PER^entropy_on
-    beta    = alpha (rho - 1)            (``coefficient="proportional"``; ``"constant"``: alpha when rho > 1, the public code)
+    beta    = alpha (rho - 1)            (``coefficient="proportional"``; ``"constant"``: alpha when rho > 1,
+                                          the public code)
     gamma   = entropy_weight (rho - 1)   (same rule), only during the first ``entropy_epochs`` epochs.
 For K > 2 the rule acts on the weakest and the strongest modality.
 """
@@ -48,7 +49,8 @@ def prototype_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> t
     return torch.stack([torch.softmax(z, dim=1).gather(1, labels[:, None]).sum() for z in logits.values()])
 
 
-def pmr_coefficients(scores: torch.Tensor, alpha: float, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pmr_coefficients(scores: torch.Tensor, alpha: float,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rho = s^dom / s^weak, per-modality strength on the weakest modality, indicator of the strongest), (K,)."""
     rho = scores.max() / scores.min().clamp_min(1e-12)
     weak = (scores == scores.min()).float()
