@@ -334,3 +334,49 @@ def test_every_balancer_step_logs_finite_state(name, fusion):
     assert "loss" in r.state and all(math.isfinite(v) for v in r.state.values()), r.state
     assert any(bool(c.abs().sum() > 0) for c in r.change.values())
     r.balancer.load_state_dict(r.balancer.state_dict())  # resumable
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_every_balancer_runs_under_bf16_autocast(name):
+    """On the GPU the Trainer runs the forward pass under bf16 autocast: features and logits reach the balancer
+    in bf16 (checked here with CPU autocast)."""
+    model, batch = make_model(), make_batch()
+    optimizer = build_optimizer(model, SimpleNamespace(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    balancer = get("balancers", name)()
+    balancer.setup(model, optimizer, TrainInfo(epochs=2, steps_per_epoch=1, num_classes=CLASSES,
+                                               modalities=model.modalities, device=torch.device("cpu"),
+                                               autocast=bf16))
+    trainer = SimpleNamespace(model=model, loaders={"train": [batch], "val": [batch]}, autocast=bf16)
+    balancer.on_epoch_start(trainer, 0)
+    state = balancer.training_step(model, batch, optimizer)
+    balancer.on_epoch_end(trainer, 0)
+    assert all(bool(torch.isfinite(v.float())) for v in state.values()), state
+
+
+def test_amss_per_sample_fisher(monkeypatch):
+    """fisher="per_sample": the importance is 1/B sum_i (d loss_i / dw)^2, not the square of the batch gradient."""
+    from mmlib.balancers import amss as amss_module
+
+    seen = {}
+    real = amss_module.unit_importance
+
+    def record(layout, squares=None):
+        seen[id(layout)] = squares
+        return real(layout, squares)
+
+    monkeypatch.setattr(amss_module, "unit_importance", record)
+    r = run_step("amss", {"fisher": "per_sample"})
+    reference, batch = make_model(), make_batch()
+    losses = F.cross_entropy(reference(batch.inputs).logits, batch.label, reduction="none")
+    params = list(reference.encoders["audio"].parameters())
+    expected = [torch.zeros_like(p) for p in params]
+    for loss in losses:
+        for e, g in zip(expected, torch.autograd.grad(loss, params, retain_graph=True)):
+            e += g.square() / len(losses)
+    squares = seen[id(r.balancer.layouts["audio"])]
+    assert all(torch.allclose(s, e, rtol=1e-4, atol=1e-9) for s, e in zip(squares, expected))
+    batch_square = [g.square() for g in torch.autograd.grad(losses.mean(), params)]
+    assert not torch.allclose(squares[0], batch_square[0], rtol=1e-2)
+    for name in subnet_names(r.model, "audio", with_head=False):
+        check_masked(r, name, r.state["rho_audio"], low=1.0, high=1.0)

@@ -5,7 +5,7 @@ Per step, after the fused loss's backward (amss.md §3.2-3.3):
     u_hat^(k) = I(X^(k); Y) / H(X^(k)),  I >= H(Y) + 1/B sum_i log q(y_i | x_i^(k))    (significance, Eq. 2)
     u^(k)     <- lambda u^(k) + (1 - lambda) u_hat^(k)                                 (momentum, Eq. 3)
     rho^(k)   = 1 - softmax(u / tau)_k                                                  (update ratio, Eq. 4)
-    F_j       = g_j^2,  p_j = F_j / sum_{j in modality k} F_j                           (importance, §3.2.2)
+    F_j       = g_j^2 (per_sample: 1/B sum_i g_ij^2),  p_j = F_j / sum_{j in k} F_j       (importance, §3.2.2)
     in every layer l of modality k, draw ceil(rho^(k) C_l) of its C_l mask units without replacement
     AMSS:  g <- g * m,      m_j = 1 on drawn units, 0 elsewhere                         (Eq. 1)
     AMSS+: g <- g * m_hat,  m_hat_j = 1 / (p_j + C_l) on drawn units                    (after Eq. 5)
@@ -53,6 +53,7 @@ SCOPES = ("auto", "backbone", "classifier", "both", "conv_kernels")
 VARIANTS = ("paper", "official_code")
 SCALINGS = ("paper", "exact", "official_code")
 RATIOS = ("significance", "one")
+FISHER = ("batch", "per_sample")
 
 
 # ------------------------------------------------------------------------------------------------ formulas
@@ -148,6 +149,7 @@ class AMSSConfig:
     scope: str = "auto"  # auto | backbone | classifier | both | conv_kernels (Table 7 ablations)
     sampling: str = "importance"  # importance (without replacement, by Fisher) | systematic | random (Table 6)
     ratio: str = "significance"  # significance (Eq. 4) | one (rho = 1 for all: AMSS+ scaling only, §4.6)
+    fisher: str = "batch"  # batch: squared mini-batch gradient | per_sample: mean of per-sample squares (B backwards)
     variant: str = "paper"  # paper | official_code (the public code's formulas, module docstring)
 
 
@@ -175,6 +177,7 @@ class AMSS(Balancer):
         check_choice("amss.sampling", c.sampling, SAMPLING)
         check_choice("amss.ratio", c.ratio, RATIOS)
         check_choice("amss.scope", c.scope, SCOPES)
+        check_choice("amss.fisher", c.fisher, FISHER)
         if c.tau <= 0:
             raise ValueError(f"amss.tau must be > 0, got {c.tau}")
         if not 0 <= c.momentum < 1:
@@ -190,10 +193,38 @@ class AMSS(Balancer):
             self.layouts[m] = build_layout(params, convs, info.device)
         self.u: torch.Tensor | None = None
         self._state: dict[str, torch.Tensor] = {}
+        self._fisher: dict[str, list[torch.Tensor]] | None = None
+
+    def training_step(self, model, batch, optimizer):
+        """With ``fisher="per_sample"``: F_j = 1/B sum_i (d loss_i / d w_j)^2 (the paper's empirical Fisher, §3.2.2),
+        from one extra backward pass per sample, before the usual step."""
+        if self.cfg.fisher == "batch":
+            return super().training_step(model, batch, optimizer)
+        with self.info.autocast():
+            out = model(batch.inputs)
+            per_sample = F.cross_entropy(out.logits.float(), batch.label, reduction="none")
+        params = [p for layout in self.layouts.values() for p in layout.params]
+        squares = [torch.zeros(p.shape, device=p.device) for p in params]
+        for loss_i in per_sample:
+            for sq, g in zip(squares, torch.autograd.grad(loss_i, params, retain_graph=True, allow_unused=True)):
+                if g is not None:
+                    sq.add_(g.float().square())
+        torch._foreach_div_(squares, float(len(per_sample)))
+        self._fisher, start = {}, 0
+        for m, layout in self.layouts.items():
+            self._fisher[m], start = squares[start:start + len(layout.params)], start + len(layout.params)
+        loss = per_sample.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.adjust_gradients(model, out, batch)
+        self._fisher = None
+        optimizer.step()
+        return {"loss": loss.detach(), **self.state()}
 
     # --- Eq. 2-4
     def ratios(self, model, out, batch) -> torch.Tensor:
-        uni = model.unimodal_logits(batch.inputs, out, self.protocol)
+        with self.info.autocast():  # the features may be bf16
+            uni = model.unimodal_logits(batch.inputs, out, self.protocol)
         feats = {m: out.features[m].detach() for m in uni}
         if self.cfg.variant == "official_code":
             u_hat, rho = official_code_ratios(uni, feats, batch.label, self.info.num_classes, self.cfg.tau)
@@ -216,7 +247,7 @@ class AMSS(Balancer):
     def adjust_gradients(self, model, out, batch):
         rho = self.ratios(model, out, batch)
         for k, (m, layout) in enumerate(self.layouts.items()):
-            importance = unit_importance(layout)
+            importance = unit_importance(layout, self._fisher[m] if self._fisher else None)
             weights = layer_distribution(importance, layout)
             if self.cfg.sampling == "random":
                 weights = torch.ones_like(weights) / layout.layer_size[layout.layer_of_unit]
@@ -240,7 +271,7 @@ class AMSSPlus(AMSS):
     """AMSS+: drawn units rescaled towards an unbiased masked gradient (amss.md §3.3, Eq. 5 and after)."""
 
     Config = AMSSPlusConfig
-    official_code_overrides = {**OFFICIAL_CODE, "scaling": "official_code"}
+    official_code_overrides: ClassVar[dict] = {**OFFICIAL_CODE, "scaling": "official_code"}
 
     def __init__(self, **params):
         super().__init__(**params)

@@ -81,25 +81,25 @@ def build_layout(params: list[nn.Parameter], channel_params: set[int], device) -
                       layer_size=size.to(device, torch.float64), layer_start=start.to(device))
 
 
-def _squares(grad: torch.Tensor) -> torch.Tensor:
-    return grad.float().square()
-
-
-def unit_importance(layout: UnitLayout) -> torch.Tensor:
-    """Squared gradient summed over each unit's elements (diagonal empirical Fisher of the unit), (U,) float64.
-    Parameters without a gradient contribute zeros."""
+def unit_importance(layout: UnitLayout, squares: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Importance of each unit, (U,) float64: the element importances summed over the unit's elements. Element
+    importances are ``squares`` (one tensor per parameter, e.g. a per-sample empirical Fisher) or, by default, the
+    squared gradient. Parameters without a gradient contribute zeros."""
     parts = []
-    for p, kind in zip(layout.params, layout.kinds):
-        if p.grad is None:
-            n = p.shape[0] if kind[0] == "channel" else (kind[1] if kind[0] == "head" else p.numel())
-            parts.append(torch.zeros(n, device=p.device))
-        elif kind[0] == "channel":
-            parts.append(_squares(p.grad).flatten(1).sum(1) if p.dim() > 1 else _squares(p.grad))
+    for i, (p, kind) in enumerate(zip(layout.params, layout.kinds)):
+        if squares is not None:
+            sq = squares[i].float()
+        elif p.grad is not None:
+            sq = p.grad.float().square()
+        else:
+            sq = torch.zeros(p.shape, device=p.device)
+        if kind[0] == "channel":
+            parts.append(sq.flatten(1).sum(1) if p.dim() > 1 else sq)
         elif kind[0] == "head":
             _, heads, dim = kind
-            parts.append(_squares(p.grad).movedim(dim, 0).reshape(heads, -1).sum(1))
+            parts.append(sq.movedim(dim, 0).reshape(heads, -1).sum(1))
         else:
-            parts.append(_squares(p.grad).flatten())
+            parts.append(sq.flatten())
     return torch.cat(parts).double()
 
 
