@@ -342,7 +342,10 @@ def test_every_balancer_runs_under_bf16_autocast(name):
     in bf16 (checked here with CPU autocast)."""
     model, batch = make_model(), make_batch()
     optimizer = build_optimizer(model, SimpleNamespace(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))
-    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+
+    def bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
     balancer = get("balancers", name)()
     balancer.setup(model, optimizer, TrainInfo(epochs=2, steps_per_epoch=1, num_classes=CLASSES,
                                                modalities=model.modalities, device=torch.device("cpu"),
