@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..registry import register
-from .common import LearningRateControl, check_choice, evaluate_heads, per_modality, require_modalities, resolve_protocol
+from .common import (LearningRateControl, check_choice, evaluate_heads, per_modality, require_modalities,
+                     resolve_protocol)
 
 STRATEGIES = ("keep", "smooth", "dynamic")
 
