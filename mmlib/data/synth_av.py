@@ -38,6 +38,7 @@ class SynthAVConfig:
     video_fps: int = 5
     audio_present: float = 0.8  # probability that a clip carries its class's audio cue
     audio_snr_db: float = 0.0  # cue power over noise power
+    audio_pitch_step: int = 3  # semitones between neighbouring classes' chords (smaller: harder to tell apart)
     visual_present: float = 0.7  # probability that a clip carries its class's visual cue
     visual_contrast: float = 0.25  # grating amplitude (pixel values in [0, 1])
     visual_noise: float = 0.25  # std of per-pixel noise
@@ -63,9 +64,10 @@ def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator) -> np.ndarr
     t = np.arange(n) / cfg.sample_rate
     present = rng.random() < cfg.audio_present
     if present:  # class chord: two pitches from a class-specific pair on a semitone grid
-        pitches = [220.0 * 2 ** ((3 * label + 2) / 12), 220.0 * 2 ** ((3 * label + 2 + 19) / 12)]
+        base = cfg.audio_pitch_step * label + 2
+        pitches = [220.0 * 2 ** (base / 12), 220.0 * 2 ** ((base + 19) / 12)]
     else:  # distractor chord between the class pitches
-        k = rng.integers(0, 3 * cfg.classes)
+        k = rng.integers(0, cfg.audio_pitch_step * cfg.classes)
         pitches = [220.0 * 2 ** ((k + 0.5) / 12), 220.0 * 2 ** ((k + 19.5) / 12)]
     pitches = np.array(pitches) * rng.uniform(0.99, 1.01)
     envelope = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + rng.uniform(0, 2 * np.pi))
