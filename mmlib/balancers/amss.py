@@ -144,7 +144,7 @@ def subnetwork(model, modality: str, scope: str) -> tuple[list, set[int]]:
 @dataclass
 class AMSSConfig:
     tau: float = 0.25  # Eq. 4 temperature (supplement C.1: 0.25 audio-visual, 0.5 text-image and NVGesture)
-    momentum: float = 0.9  # lambda of Eq. 3 (no value in the paper; see docs/balancers.md)
+    momentum: float = 0.9  # lambda of Eq. 3 (no value in the paper; see LOG.md)
     protocol: str = "auto"  # q(y|x^(k)): auto (own_head/head_split for late fusion, else zero_feature) or a protocol
     scope: str = "auto"  # auto | backbone | classifier | both | conv_kernels (Table 7 ablations)
     sampling: str = "importance"  # importance (without replacement, by Fisher) | systematic | random (Table 6)

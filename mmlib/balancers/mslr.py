@@ -2,7 +2,7 @@
 for Effective Multimodal Additive Late-fusion").
 
 Each modality's param group (its encoder and its part of the head) trains with lr * f_m; shared parameters keep the
-global lr. Three strategies for f_m, as we read the paper (docs/balancers.md):
+global lr. Three strategies for f_m, as we read the paper (LOG.md):
 - ``keep``: f_m = s_m, fixed (s_m: the ratio of modality m's best unimodal lr to the global lr, ``lr_scales``);
 - ``smooth``: f_m moves linearly from s_m at the first epoch to 1 at the last;
 - ``dynamic``: f_m starts at s_m; after every epoch in which modality m's unimodal validation accuracy did not

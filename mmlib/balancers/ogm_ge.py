@@ -62,7 +62,8 @@ class OGMGE(Balancer):
 
     @torch.no_grad()
     def adjust_gradients(self, model, out, batch):
-        uni = model.unimodal_logits(batch.inputs, out, self.cfg.protocol)
+        with self.info.autocast():  # the features come from an autocast forward pass
+            uni = model.unimodal_logits(batch.inputs, out, self.cfg.protocol)
         ratios, coeffs = ogm_coefficients(uni, batch.label, self.cfg.alpha)
         self._state = {**{f"ratio_{m}": r for m, r in ratios.items()}, **{f"coeff_{m}": k for m, k in coeffs.items()}}
         if not self.active():

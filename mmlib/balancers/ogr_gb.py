@@ -25,7 +25,7 @@ from .common import evaluate_heads, require_modalities, resolve_protocol
 
 @dataclass
 class GradientBlendingConfig:
-    super_epoch: int = 10  # epochs between weight estimates (BalanceMM's value; see docs/balancers.md)
+    super_epoch: int = 10  # epochs between weight estimates (BalanceMM's value; see LOG.md)
     protocol: str = "auto"  # unimodal heads: auto = own_head/head_split under late fusion, else zero_feature
     train_batches: int = 0  # batches of the train loader used to measure L^T (0: all)
     min_overfitting_gain: float = 1e-4  # |dO| floor, keeps w finite when a head does not overfit at all
