@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time torch.compile variants of the trainer and the compute step")
     parser.add_argument("--data-dir", help="directory for the generated raw media (reused when it holds the "
                                            "same generation); default: a temporary directory")
+    parser.add_argument("--threads", type=int,
+                        help="intra-op CPU threads of the main process (default: torch's choice); 1 keeps "
+                             "CPU figures meaningful on a host shared with other jobs")
     parser.add_argument("--out", default="bench.json", help="where to write the results (JSON)")
 
 
@@ -380,6 +383,10 @@ def main(args) -> int:
     profile = args.profile if args.profile != "auto" else ("full" if device.type == "cuda" else "tiny")
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="mmlib-bench-") as tmp:
         root = Path(args.data_dir) if args.data_dir else Path(tmp) / "synth_av"
         result = run_benchmark(profile, device, args.num_workers, args.compile, root)
