@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from . import registry
+from . import bench, registry
 
 
 def _load_everything() -> None:
@@ -83,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="retrain even if a record exists")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("bench", help="throughput benchmark on the current device")
-    try:
-        from . import bench
-        bench.add_arguments(p)
-        p.set_defaults(fn=bench.main)
-    except ImportError as err:  # the benchmark module is optional until installed with the package
-        p.set_defaults(fn=lambda a, err=err: (print(f"bench unavailable: {err}", file=sys.stderr), 2)[1])
+    p = sub.add_parser("bench", help="throughput benchmark on the current device; writes bench.json")
+    bench.add_arguments(p)
+    p.set_defaults(fn=bench.main)
 
     args = parser.parse_args(argv)
     try:

@@ -39,6 +39,7 @@ class SynthAVConfig:
     audio_present: float = 0.8  # probability that a clip carries its class's audio cue
     audio_snr_db: float = 0.0  # cue power over noise power
     audio_pitch_step: int = 3  # semitones between neighbouring classes' chords (smaller: harder to tell apart)
+    audio_distractor: str = "neutral"  # absent audio cue: neutral (a chord of no class) | other_class (another class's)
     visual_present: float = 0.7  # probability that a clip carries its class's visual cue
     visual_contrast: float = 0.25  # grating amplitude (pixel values in [0, 1])
     visual_noise: float = 0.25  # std of per-pixel noise
@@ -63,6 +64,8 @@ def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator) -> np.ndarr
     n = int(cfg.sample_rate * cfg.seconds * rng.uniform(0.8, 1.2))
     t = np.arange(n) / cfg.sample_rate
     present = rng.random() < cfg.audio_present
+    if not present and cfg.audio_distractor == "other_class":  # a misleading cue: another class's chord
+        label, present = (label + 1 + rng.integers(0, cfg.classes - 1)) % cfg.classes, True
     if present:  # class chord: two pitches from a class-specific pair on a semitone grid
         base = cfg.audio_pitch_step * label + 2
         pitches = [220.0 * 2 ** (base / 12), 220.0 * 2 ** ((base + 19) / 12)]
@@ -124,6 +127,8 @@ def generate(root: str | Path, cfg: SynthAVConfig) -> Path:
     root = Path(root)
     if cfg.classes > len(LABELS) or cfg.classes < 2:
         raise ValueError(f"synth_av.classes must be in [2, {len(LABELS)}], got {cfg.classes}")
+    if cfg.audio_distractor not in ("neutral", "other_class"):
+        raise ValueError(f"synth_av.audio_distractor must be neutral or other_class, got {cfg.audio_distractor!r}")
     rng = np.random.default_rng(cfg.seed)
     labels = [i % cfg.classes for i in range(cfg.clips)]
     rng.shuffle(labels)
