@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..registry import register
-from .fusion import ConcatFusion, Fusion, ModelOutput
+from .fusion import AveragedHeadsFusion, ConcatFusion, Fusion, ModelOutput
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -226,7 +226,7 @@ class ResNetStreamsFusion(Fusion):
 
 
 @register("fusions", "mmtm")
-class MMTMFusion(ResNetStreamsFusion):
+class MMTMFusion(AveragedHeadsFusion, ResNetStreamsFusion):
     """Greedy paper model (greedy.md §3): two ResNet branches joined by MMTMs after ``stages`` (default the
     three final residual stages), a linear head per branch; y_hat = (y_hat_0 + y_hat_1) / 2 and the branch
     logits y_hat_m in ``extras["branch_logits"]``. ``own_head`` gives y_hat_m (= f_m of eq. 5)."""
@@ -236,26 +236,10 @@ class MMTMFusion(ResNetStreamsFusion):
     def __init__(self, dims, num_classes, stages=("layer2", "layer3", "layer4"), ratio: float = 4.0,
                  running_momentum: float | None = None):
         super().__init__(dims, num_classes, stages, ratio, running_momentum)
-        self.heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
-
-    def branch_logits(self, features) -> dict[str, torch.Tensor]:
-        return {m: self.heads[m](features[m]) for m in self.modalities}
+        self.make_heads()
 
     def output(self, features):
-        branches = self.branch_logits(features)
-        fused = torch.stack(list(branches.values())).mean(dim=0)
-        return ModelOutput(fused, features, {"branch_logits": branches})
-
-    def forward(self, features):
-        return torch.stack(list(self.branch_logits(features).values())).mean(dim=0)
-
-    def unimodal(self, features, modality, protocol):
-        if protocol == "own_head":
-            return self.heads[modality](features[modality])
-        return super().unimodal(features, modality, protocol)
-
-    def modality_parameters(self, modality):
-        return list(self.heads[modality].parameters())
+        return self.averaged_output(features)
 
 
 @register("fusions", "channel")

@@ -118,3 +118,29 @@ class SumFusion(Fusion):
 
     def modality_parameters(self, modality):
         return list(self.heads[modality].parameters())
+
+
+class AveragedHeadsFusion(Fusion):
+    """Base for fusions with a linear head per modality whose prediction is the mean of the branch logits
+    (Greedy's MMTM model, MBT). ``own_head`` is a branch's logits; each head belongs to its modality."""
+
+    def make_heads(self) -> None:
+        self.heads = nn.ModuleDict({m: nn.Linear(d, self.num_classes) for m, d in self.dims.items()})
+
+    def branch_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: self.heads[m](features[m]) for m in self.modalities}
+
+    def averaged_output(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        branches = self.branch_logits(features)
+        return ModelOutput(torch.stack(list(branches.values())).mean(dim=0), features, {"branch_logits": branches})
+
+    def forward(self, features):
+        return torch.stack(list(self.branch_logits(features).values())).mean(dim=0)
+
+    def unimodal(self, features, modality, protocol):
+        if protocol == "own_head":
+            return self.heads[modality](features[modality])
+        return super().unimodal(features, modality, protocol)
+
+    def modality_parameters(self, modality):
+        return list(self.heads[modality].parameters())

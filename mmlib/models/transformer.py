@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register
-from .fusion import Fusion, ModelOutput
+from .fusion import AveragedHeadsFusion
 
 
 def mark_heads(linear: nn.Linear, heads: int, dim: int) -> None:
@@ -118,7 +118,7 @@ class ViTEncoder(nn.Module):
 
 
 @register("fusions", "mbt")
-class MBTFusion(Fusion):
+class MBTFusion(AveragedHeadsFusion):
     """Multimodal bottleneck transformer (MBT; amss.md Table 4) over ``vit`` encoders of one width and depth.
     Layers before ``fusion_layer`` run per modality; from then on each modality's layer reads its tokens plus
     ``bottlenecks`` shared bottleneck tokens, and the bottleneck is the mean of the K updated copies, so the
@@ -139,7 +139,7 @@ class MBTFusion(Fusion):
         width = widths.pop()
         self.fusion_layer = fusion_layer
         self.bottleneck = nn.Parameter(torch.randn(1, bottlenecks, width) * 0.02)
-        self.heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
+        self.make_heads()
 
     def run(self, encoders, inputs):
         depths = {}
@@ -165,17 +165,4 @@ class MBTFusion(Fusion):
                 updated.append(y[:, n:])
             bottleneck = torch.stack(updated).mean(dim=0)
         features = {m: encoders[m].pool(tokens[m]) for m in self.modalities}
-        branches = {m: self.heads[m](features[m]) for m in self.modalities}
-        fused = torch.stack(list(branches.values())).mean(dim=0)
-        return ModelOutput(fused, features, {"branch_logits": branches})
-
-    def forward(self, features):
-        return torch.stack([self.heads[m](features[m]) for m in self.modalities]).mean(dim=0)
-
-    def unimodal(self, features, modality, protocol):
-        if protocol == "own_head":
-            return self.heads[modality](features[modality])
-        return super().unimodal(features, modality, protocol)
-
-    def modality_parameters(self, modality):
-        return list(self.heads[modality].parameters())
+        return self.averaged_output(features)
