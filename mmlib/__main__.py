@@ -8,12 +8,7 @@ import sys
 from . import bench, registry
 
 
-def _load_everything() -> None:
-    from . import balancers, data, models  # noqa: F401  (explicit registration)
-
-
 def cmd_list(args) -> int:
-    _load_everything()
     for name in registry.names(args.kind):
         print(name)
     return 0
@@ -21,7 +16,6 @@ def cmd_list(args) -> int:
 
 def cmd_prepare(args) -> int:
     from .config import experiment_config, load_params
-    _load_everything()
     params = load_params(args.profile)
     cfg = experiment_config(params).data
     dataset = registry.get("datasets", args.dataset)()

@@ -14,9 +14,6 @@ from typing import Iterable
 
 import torch
 
-from . import balancers as _balancers  # noqa: F401  (registers balancers)
-from . import data as _data  # noqa: F401  (registers datasets)
-from . import models as _models  # noqa: F401  (registers encoders and fusions)
 from .config import ExperimentConfig, find_params_file, from_dict
 from .data.cache import TensorCache, atomic_write_bytes
 from .models.multimodal import build_model
@@ -96,7 +93,8 @@ def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = Fal
     dataset, cache = load_cache(cfg)
     model, balancer = build(cfg, cache, dataset)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+    config_blob = json.dumps(cfg.to_dict(), indent=1, sort_keys=True)
+    atomic_write_bytes(run_dir / "config.json", lambda tmp: tmp.write_text(config_blob))
     if force and (run_dir / "checkpoint.pt").exists():
         (run_dir / "checkpoint.pt").unlink()
     result = Trainer(cfg, model, balancer, cache, run_dir).fit()

@@ -19,7 +19,6 @@ from .experiments import RunRecord
 def data_label(params: dict) -> str:
     """e.g. ``synth_av (embedded, CREMA-D layout)`` or ``crema_d (real)``."""
     from .registry import get
-    from . import data as _data  # noqa: F401
 
     name = params["base"]["data"]["dataset"]
     embedded = getattr(get("datasets", name), "embedded", False)

@@ -7,7 +7,6 @@ reported once, from the selected checkpoint. Per-epoch test curves (``track_test
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import time
 from pathlib import Path

@@ -1,8 +1,6 @@
 """Trainer, run store (caching, atomic writes, resumption), loader, OGM-GE, and a step of every balancer."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -118,8 +116,6 @@ def test_ogm_coefficient_matches_paper_equation():
 
 
 def test_ogm_scales_only_the_dominant_encoder(make_config, prepared_layout, tmp_path):
-    from mmlib.data.loader import DeviceLoader
-
     cfg = make_config(prepared_layout, **{"balancer.name": "ogm_ge", "balancer.params": {"ge": False, "alpha": 1.0}})
     dataset, cache = experiments.load_cache(cfg)
     model, balancer = experiments.build(cfg, cache, dataset)
