@@ -30,8 +30,10 @@ def banner(params: dict, seeds: list[int] | None = None) -> str:
     return f"Ours: {data_label(params)} · profile {params['profile']}{seeds_txt}"
 
 
-def stage_dir(params: dict, stage: str) -> Path:
-    path = Path(params["root"]) / "reports" / stage
+def stage_dir(params: dict, stage: str, reports_dir: str = "reports") -> Path:
+    """``<project>/<reports_dir>/<stage>``. DVC runs write to ``reports/``; interactive and nbval runs of a
+    notebook default to ``results/notebooks/`` so they never overwrite the pipeline's reports."""
+    path = Path(params["root"]) / reports_dir / stage
     path.mkdir(parents=True, exist_ok=True)
     return path
 
