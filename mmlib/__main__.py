@@ -21,9 +21,10 @@ def cmd_prepare(args) -> int:
     dataset = registry.get("datasets", args.dataset)()
     recipe = args.recipe or cfg.audio_recipe
     size = args.image_size or cfg.image_size
-    generator = cfg.generator if getattr(dataset, "embedded", False) else {}
-    path = dataset.ensure_prepared(args.root, recipe, size, args.skip_bad, generator=generator) \
-        if getattr(dataset, "embedded", False) else dataset.prepare(args.root, recipe, size, args.skip_bad)
+    if getattr(dataset, "embedded", False):  # generated first, with the profile's generator parameters
+        path = dataset.ensure_prepared(args.root, recipe, size, args.skip_bad, generator=cfg.generator)
+    else:
+        path = dataset.prepare(args.root, recipe, size, args.skip_bad)
     print(path)
     return 0
 
