@@ -33,6 +33,7 @@ class DataConfig:
     val_fraction: float = 0.1  # validation split carved from train
     split_seed: int = 0
     skip_bad: bool = False  # report and skip bad clips instead of stopping
+    text_length: int = 40  # tokens per text (text modalities), padded / truncated
     generator: dict = field(default_factory=dict)  # an embedded dataset's generator parameters (e.g. SynthAVConfig)
 
 

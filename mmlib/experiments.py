@@ -67,7 +67,7 @@ def results_root() -> Path:
 def load_cache(cfg: ExperimentConfig) -> tuple[object, TensorCache]:
     dataset = get("datasets", cfg.data.dataset)()
     path = dataset.ensure_prepared(cfg.data.root, cfg.data.audio_recipe, cfg.data.image_size, cfg.data.skip_bad,
-                                   generator=cfg.data.generator)
+                                   generator=cfg.data.generator, text_length=cfg.data.text_length)
     cache = TensorCache.load(path).carve_validation(cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed)
     return dataset, cache
 

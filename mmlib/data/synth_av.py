@@ -159,7 +159,7 @@ class SynthAV(CremaD):
     embedded = True
 
     def ensure_prepared(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
-                        generator: dict | None = None) -> Path:
+                        generator: dict | None = None, **_) -> Path:
         cfg = from_dict(SynthAVConfig, generator or {}, "datasets.synth_av")
         root = Path(root)
         stamp = root / "synth_av.txt"
