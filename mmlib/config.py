@@ -41,6 +41,9 @@ class DataConfig:
 class ModelConfig:
     encoders: dict = field(default_factory=lambda: {"audio": {"name": "resnet18"}, "visual": {"name": "resnet18"}})
     fusion: dict = field(default_factory=lambda: {"name": "concat"})
+    # {} trains the encoders from scratch; {epochs: N} starts each encoder from a unimodal model trained N
+    # epochs on the same training split (in-domain pre-training; no external weights are fetched)
+    pretrain: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
     channels_last: bool = True  # used on cuda only
     compile: bool = False  # torch.compile the model
+    threads: int = 0  # CPU threads of this run (0: torch's default); CPU results depend on it, so it is hashed
     select_on: str = "val"  # checkpoint selection split: val | test (the public code's protocol; label it)
     protocols: list = field(default_factory=lambda: ["zero_feature"])  # unimodal-logit protocols evaluated
     track_test: bool = True  # evaluate test each epoch for curves (selection never looks at it unless select_on=test)

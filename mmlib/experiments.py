@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -84,6 +85,46 @@ def build(cfg: ExperimentConfig, cache: TensorCache, dataset) -> tuple[torch.nn.
     return model, balancer
 
 
+def pretrain_configs(cfg: ExperimentConfig, modalities: list[str]) -> dict[str, ExperimentConfig]:
+    """The unimodal runs whose encoders ``cfg.model.pretrain`` starts from, per modality."""
+    if not cfg.model.pretrain:
+        return {}
+    spec = dict(cfg.model.pretrain)
+    epochs = spec.pop("epochs", None)
+    if spec or not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"model.pretrain must be {{epochs: N}} with N >= 1, got {cfg.model.pretrain}")
+    return {m: cfg.replace(**{"balancer.name": "unimodal", "balancer.params": {"modality": m},
+                              "model.pretrain": {}, "train.epochs": epochs}) for m in modalities}
+
+
+def load_pretrained_encoders(model: torch.nn.Module, cfg: ExperimentConfig, root: str | Path | None) -> None:
+    """``model.pretrain: {epochs: N}``: each encoder takes the weights of a unimodal run of N epochs (cached in
+    the run store like any run; its checkpoint keeps the selected weights)."""
+    for m, sub in pretrain_configs(cfg, model.modalities).items():
+        record = run(sub, root)
+        checkpoint = Path(record.path).parent / "checkpoint.pt"
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint}: the pre-training run kept no weights; retrain it with "
+                                    f"`python -m mmlib train ... --force`")
+        state = torch.load(checkpoint, weights_only=True, map_location="cpu")["best"]["state"]
+        prefix = f"encoders.{m}."
+        model.encoders[m].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """torch's CPU thread count set to ``threads`` for the block (0: left as it is)."""
+    if threads < 0:
+        raise ValueError(f"train.threads must be >= 0, got {threads}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = False) -> RunRecord:
     """Train ``cfg`` (or return its cached record)."""
     run_dir = Path(root or results_root()) / cfg.hash()
@@ -92,12 +133,15 @@ def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = Fal
         return RunRecord.load(record_path)
     dataset, cache = load_cache(cfg)
     model, balancer = build(cfg, cache, dataset)
+    if cfg.model.pretrain:
+        load_pretrained_encoders(model, cfg, root)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_blob = json.dumps(cfg.to_dict(), indent=1, sort_keys=True)
     atomic_write_bytes(run_dir / "config.json", lambda tmp: tmp.write_text(config_blob))
     if force and (run_dir / "checkpoint.pt").exists():
         (run_dir / "checkpoint.pt").unlink()
-    result = Trainer(cfg, model, balancer, cache, run_dir).fit()
+    with cpu_threads(cfg.train.threads):
+        result = Trainer(cfg, model, balancer, cache, run_dir).fit()
     record = RunRecord(
         config=cfg.to_dict(), hash=cfg.hash(), data={
             "dataset": cfg.data.dataset, "embedded": bool(getattr(dataset, "embedded", False)),
@@ -112,7 +156,31 @@ def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = Fal
     return record
 
 
-def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None) -> list[RunRecord]:
+def _run_in_worker(cfg_dict: dict, root: str) -> str:
+    return run(config_from(cfg_dict), root).path
+
+
+def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None, workers: int = 1) -> list[RunRecord]:
+    """Records of ``cfgs`` in order. Configurations without a record are trained once each, by ``workers``
+    processes when > 1 (set ``train.threads`` so that workers x threads fits the machine's cores)."""
+    cfgs = list(cfgs)
+    root = Path(root or results_root())
+    todo = {c.hash(): c for c in cfgs if not (root / c.hash() / "record.json").is_file()}
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        prepared = set()
+        for cfg in todo.values():  # generate and prepare each dataset once, before the workers read it
+            key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+            if key not in prepared:
+                load_cache(cfg)
+                prepared.add(key)
+        pre = {s.hash(): s for c in todo.values() for s in pretrain_configs(c, c.data.modalities).values()
+               if not (root / s.hash() / "record.json").is_file()}
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for stage in (pre, todo):  # pre-training runs first: the others load their weights
+                list(pool.map(_run_in_worker, [c.to_dict() for c in stage.values()], [str(root)] * len(stage)))
     return [run(cfg, root) for cfg in cfgs]
 
 

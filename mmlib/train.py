@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .balancers.amss import significance
 from .balancers.base import Balancer, TrainInfo
 from .config import ExperimentConfig
 from .data.cache import TensorCache, atomic_write_bytes
@@ -108,10 +109,13 @@ class Trainer:
         self.model.eval()
         logits, labels = [], []
         uni: dict[tuple[str, str], list[torch.Tensor]] = {}
+        features: dict[str, list[torch.Tensor]] = {}
         for batch in self.loaders[split]:
             with self.autocast():
                 out = self.model(batch.inputs)
                 logits.append(out.logits.float())
+                for m in self.modalities:
+                    features.setdefault(m, []).append(out.features[m].float().flatten(1))
                 if len(self.modalities) > 1:
                     for protocol in self.cfg.train.protocols:
                         for m, z in self.model.unimodal_logits(batch.inputs, out, protocol).items():
@@ -122,6 +126,11 @@ class Trainer:
         result["unimodal"] = {}
         for (protocol, m), zs in uni.items():
             result["unimodal"].setdefault(protocol, {})[m] = classification_metrics(torch.cat(zs), labels_all)
+        if uni and self.cfg.train.protocols:  # AMSS's modal significance u^(k) (Eq. 2-3) on this split
+            first = self.cfg.train.protocols[0]
+            u = significance({m: torch.cat(uni[(first, m)]) for m in self.modalities},
+                             {m: torch.cat(f) for m, f in features.items()}, labels_all, self.cache.num_classes)
+            result["significance"] = {"protocol": first, **dict(zip(self.modalities, u.tolist()))}
         if len(self.modalities) == 1:  # a unimodal model's own accuracy is its modality's
             result["unimodal"]["model"] = {self.modalities[0]: {k: result[k] for k in ("acc", "map", "f1")}}
         return result

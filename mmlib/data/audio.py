@@ -8,7 +8,8 @@ a run records the one it used:
 - ``spec_257x299``  16 kHz, tiled and cut to 3 s, scipy.signal.spectrogram(nperseg 512, noverlap 353), log(S + 1e-7);
 - ``spec_257x1004`` 22.05 kHz, tiled x10, first 160,000 samples, scipy spectrogram 512/353, log, per-clip z-score
   (PMR's recipe);
-- ``stft_129x94``   11.025 kHz, 3 s, STFT n_fft 256 hop 353: the small recipe of the CPU profiles.
+- ``stft_129x94``   11.025 kHz, 3 s, STFT n_fft 256 hop 353: the small recipe of the CPU profiles;
+- ``stft_129x47``   as stft_129x94 with hop 706: half the time steps, for the many-run CPU tables.
 """
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ for _name, _recipe in {
     "spec_257x299": ScipySpecRecipe(rate=16000, samples=48000),
     "spec_257x1004": ScipySpecRecipe(rate=22050, samples=160000, tile=10, zscore=True),
     "stft_129x94": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=353, tile=3),
+    "stft_129x47": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=706, tile=3),
 }.items():
     register("audio_recipes", _name)(_recipe)
 
