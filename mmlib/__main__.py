@@ -17,14 +17,22 @@ def cmd_list(args) -> int:
 def cmd_prepare(args) -> int:
     from .config import experiment_config, load_params
     params = load_params(args.profile)
-    cfg = experiment_config(params).data
-    dataset = registry.get("datasets", args.dataset)()
+    if args.setup:  # everything from a params.yaml setup (mmlib.tables)
+        from .tables import Cell, cell_config
+        cfg = cell_config(params, Cell(setup=args.setup), seed=0).data
+    else:
+        if not (args.dataset and args.root):
+            raise ValueError("prepare needs --dataset and --root, or --setup")
+        cfg = experiment_config(params).data
+    dataset = registry.get("datasets", args.dataset or cfg.dataset)()
+    root = args.root or cfg.root
     recipe = args.recipe or cfg.audio_recipe
     size = args.image_size or cfg.image_size
+    options = {"text_length": cfg.text_length}
     if getattr(dataset, "embedded", False):  # generated first, with the profile's generator parameters
-        path = dataset.ensure_prepared(args.root, recipe, size, args.skip_bad, generator=cfg.generator)
+        path = dataset.ensure_prepared(root, recipe, size, args.skip_bad, generator=cfg.generator, **options)
     else:
-        path = dataset.prepare(args.root, recipe, size, args.skip_bad)
+        path = dataset.prepare(root, recipe, size, args.skip_bad, **options)
     print(path)
     return 0
 
@@ -61,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("prepare", help="validate a dataset's layout and build its tensor cache "
                                        "(embedded datasets are generated first)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root", required=True, help="directory in the dataset's public layout")
+    p.add_argument("--dataset", help="registered dataset name")
+    p.add_argument("--root", help="directory in the dataset's public layout")
+    p.add_argument("--setup", help="a params.yaml setup: its dataset, root, recipe and generator (profile-aware)")
     p.add_argument("--profile", default="demo", help="params.yaml profile for defaults (recipe, image size)")
     p.add_argument("--recipe", help="audio recipe (default: params.yaml base.data.audio_recipe)")
     p.add_argument("--image-size", type=int)

@@ -118,3 +118,18 @@ def save_figure(fig, out_dir: Path, name: str = "figure") -> Path:
     path = out_dir / f"{name}.png"
     atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     return path
+
+
+def curve_panel(ax, records: Mapping[str, list[RunRecord]], split: str, key: Callable[[dict], float],
+                ylabel: str, scale: float = 1.0) -> dict[str, float]:
+    """Mean ± std over seeds of ``key(history[split])`` per label on ``ax``; returns each label's mean over
+    epochs (of the mean curve)."""
+    means = {}
+    for i, (label, recs) in enumerate(records.items()):
+        x, mean, std = mean_curve(recs, split, key)
+        ax.plot(x, scale * mean, label=label, color=f"C{i}")
+        ax.fill_between(x, scale * (mean - std), scale * (mean + std), alpha=0.2, color=f"C{i}")
+        means[label] = float(scale * mean.mean())
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.legend(fontsize=7)
+    return means
