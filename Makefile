@@ -23,7 +23,7 @@ reproduce: $(STAMP)
 	@echo "outputs (profile $(PROFILE)): reports/*/  (table.md, table.csv, figure.png, metrics.json, executed.ipynb)"
 
 test: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q tests --nbval-lax --nbval-current-env notebooks
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks tests
 
 bench: $(STAMP)
 	$(PY) -m mmlib bench

@@ -1,0 +1,167 @@
+"""Paper tables as grids of runs (mmlib.tables), parallel sweeps, encoder pre-training, significance logging."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mmlib import experiments, tables
+from mmlib.config import load_params
+from mmlib.experiments import RunRecord
+from mmlib.paper import PaperTable
+
+PAPER = PaperTable(source="Test paper, Table 9", caption="", columns=["A/acc", "A/map", "B/acc"], rows=[
+    {"method": "base", "values": {"A/acc": 60.0, "A/map": 70.0, "B/acc": 50.0}},
+    {"method": "ours", "values": {"A/acc": 65.0, "A/map": 72.0, "B/acc": None}},
+    {"method": "later", "values": {"A/acc": 61.0, "A/map": None, "B/acc": None}},
+])
+
+
+def section(**extra):
+    return {"paper": "test/table9", "columns": {"A": "setup_a", "B": {"setup": "setup_b", "set": {"train.epochs": 3}}},
+            "rows": {"base": {"balancer": "naive"},
+                     "ours": {"balancer": "amss", "params": {"tau": 0.5}, "set": {"model.fusion": {"name": "sum"}}},
+                     "later": {"pending": "lands later"}}, **extra}
+
+
+def test_cells_follow_the_paper_and_merge_row_and_column_specs():
+    params = {"t": section(), "root": "."}
+    cells = tables.table_cells(params, "t", PAPER)
+    assert set(cells) == {("base", "A/acc"), ("base", "A/map"), ("base", "B/acc"), ("ours", "A/acc"),
+                          ("ours", "A/map"), ("later", "A/acc")}  # only where the paper prints a number
+    c = cells[("ours", "A/map")]
+    assert (c.setup, c.balancer, c.params, c.metric) == ("setup_a", "amss", {"tau": 0.5}, "map")
+    assert c.overrides == {"model.fusion": {"name": "sum"}}
+    assert cells[("base", "B/acc")].overrides == {"train.epochs": 3} and cells[("later", "A/acc")].pending
+
+
+def test_bad_specs_fail_with_the_cell_named():
+    with pytest.raises(KeyError, match="unknown metric 'speed'"):
+        tables.make_cell(section(), "base", "A/speed")
+    with pytest.raises(KeyError, match="neither it nor 'C'"):
+        tables.make_cell(section(), "base", "C/acc")
+    bad = section()
+    bad["rows"]["base"]["typo"] = 1
+    with pytest.raises(KeyError, match=r"unknown key\(s\) \['typo'\]"):
+        tables.make_cell(bad, "base", "A/acc")
+
+
+def test_cell_config_layers_setup_section_and_cell():
+    params = load_params("ci")
+    cell = tables.Cell(setup="sarcasm", balancer="amss", params={"scope": "backbone"}, overrides={"train.epochs": 5})
+    cfg = tables.cell_config(params, cell, seed=2, section="amss_07_table7")
+    assert cfg.data.modalities == params["setups"]["sarcasm"]["experiment"]["data"]["modalities"]
+    assert cfg.balancer.params == {"tau": 0.5, "scope": "backbone"}  # the setup's paper default, then the cell's
+    assert (cfg.train.epochs, cfg.train.seed, cfg.train.threads) == (5, 2, 1)
+    uni = tables.cell_config(params, tables.Cell(setup="ks", balancer="unimodal", params={"modality": 1}), 0)
+    assert uni.balancer.params == {"modality": "visual"}  # an index means the setup's i-th modality
+    with pytest.raises(KeyError, match="unknown setup 'nope'"):
+        tables.cell_config(params, tables.Cell(setup="nope"), 0)
+
+
+def test_every_amss_section_resolves_and_shares_baselines():
+    """Every cell of every AMSS table builds a valid configuration, and a baseline is one run across tables."""
+    params = load_params("demo")
+    hashes = {}
+    for name in [k for k in params if k.startswith("amss_")]:
+        cells = tables.table_cells(params, name)
+        assert cells, name
+        hashes[name] = {k: tables.cell_config(params, c, 0, name).hash() for k, c in cells.items() if not c.pending}
+    assert hashes["amss_02_table2"][("Concat", "KS/acc")] == hashes["amss_06_table6"][("Baseline", "KS/acc")] \
+        == hashes["amss_09_fig4"][("Baseline", "KS")]
+    assert hashes["amss_02_table2"][("AMSS+", "Sarcasm/acc")] == hashes["amss_07_table7"][("AMSS+", "Sarcasm/acc")]
+    assert ("Greedy", "KS/acc") not in hashes["amss_02_table2"]  # pending until its balancer lands
+
+
+def fake_record(acc: float, seed: int, rho=(0.3, 0.7), seconds=60.0) -> RunRecord:
+    test = {"acc": acc, "map": acc + 0.05, "f1": acc - 0.05, "unimodal": {}}
+    return RunRecord(config={"data": {"modalities": ["audio", "visual"], "dataset": "synth_av"},
+                             "train": {"epochs": 4}, "balancer": {"name": "amss"}},
+                     hash=f"h{seed}{acc}", final={"val": test, "test": test}, best_epoch=0, select_on="val",
+                     history=[], steps={"rho_audio": [rho[0]] * 3, "rho_visual": [rho[1]] * 3}, data={},
+                     device="cpu", precision="fp32", train_seconds=seconds)
+
+
+def test_compare_reports_ours_beside_the_papers_and_finds_gaps():
+    params = {"t": section(), "root": "."}
+    cells = tables.table_cells(params, "t", PAPER)
+    runs = {k: [fake_record(0.5 + 0.1 * (k[0] == "ours"), s) for s in (0, 1)] for k, c in cells.items()
+            if not c.pending}
+    runs[("base", "A/acc")] = [fake_record(0.50, 0), fake_record(0.54, 1)]
+    wide, long, metrics = tables.compare(cells, runs, PAPER)
+    assert metrics["base"]["A/acc"] == pytest.approx(52.0) and metrics["base"]["paper_A/acc"] == 60.0
+    assert metrics["base"]["A/acc_std"] == pytest.approx(2.828, abs=1e-3)
+    assert metrics["ours"]["A/map"] == pytest.approx(65.0) and metrics["base"]["B/acc"] == pytest.approx(50.0)
+    assert metrics["later"]["A/acc"] is None and metrics["later"]["pending_A/acc"] == "lands later"
+    assert wide.loc["base", "A/acc"] == "52.0 ± 2.8 (60)" and wide.loc["later", "A/acc"].startswith("pending")
+    assert len(long) == len(cells) and set(long.columns) >= {"ours_mean", "ours_std", "paper", "seeds"}
+    assert tables.missing_entries(metrics, PAPER) == []
+    broken = copy.deepcopy(metrics)
+    del broken["ours"]["A/map"], broken["base"]["paper_B/acc"]
+    assert sorted(tables.missing_entries(broken, PAPER)) == ["base / B/acc: no paper value",
+                                                             "ours / A/map: no value of ours"]
+    order = tables.ordering(metrics, PAPER)
+    assert order.loc["A/acc", "paper best"] == "ours" and order.loc["A/acc", "ours best"] == "ours"
+    claims = tables.claims(metrics, [("ours", "base", "A/acc"), ("base", "ours", "A/map")])
+    assert claims["holds in ours"].tolist() == [True, False]
+
+
+def test_run_metrics():
+    rec = fake_record(0.75, 0, rho=(0.2, 0.8), seconds=90.0)
+    assert tables.METRICS["acc"](rec) == pytest.approx(75.0)
+    assert tables.METRICS["macf1"](rec) == pytest.approx(70.0)
+    assert tables.METRICS["mean_rho1"](rec) == pytest.approx(0.2) and tables.METRICS["mean_rho2"](rec) == pytest.approx(0.8)
+    assert tables.METRICS["overhead_min"](rec) == pytest.approx(1.5) and tables.METRICS["epoch_s"](rec) == 22.5
+    with pytest.raises(KeyError, match="logged no rho_audio"):
+        tables.METRICS["mean_rho1"](RunRecord(**{**rec.__dict__, "steps": {}}))
+
+
+def test_parallel_sweep_equals_sequential_runs(make_config, prepared_layout, tmp_path):
+    cfgs = [make_config(prepared_layout, **{"train.epochs": 1, "train.threads": 1, "train.seed": s}) for s in (0, 1)]
+    parallel = experiments.sweep(cfgs, root=tmp_path / "parallel", workers=2)
+    sequential = experiments.sweep(cfgs, root=tmp_path / "sequential", workers=1)
+    assert [r.final for r in parallel] == [r.final for r in sequential]
+    assert parallel[0].final != parallel[1].final  # the seeds differ
+
+
+def test_threads_are_hashed_and_restored(make_config, prepared_layout, tmp_path):
+    cfg = make_config(prepared_layout, **{"train.epochs": 1, "train.threads": 1})
+    assert cfg.hash() != cfg.replace(**{"train.threads": 2}).hash()
+    before = torch.get_num_threads()
+    experiments.run(cfg, root=tmp_path)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="train.threads must be >= 0"):
+        with experiments.cpu_threads(-1):
+            pass
+
+
+def test_pretrain_starts_encoders_from_unimodal_runs(make_config, prepared_layout, tmp_path):
+    cfg = make_config(prepared_layout, **{"train.epochs": 1, "model.pretrain": {"epochs": 1}})
+    subs = experiments.pretrain_configs(cfg, ["audio", "visual"])
+    assert {m: s.balancer.params for m, s in subs.items()} == {"audio": {"modality": "audio"},
+                                                              "visual": {"modality": "visual"}}
+    assert all(s.model.pretrain == {} and s.train.epochs == 1 for s in subs.values())
+    dataset, cache = experiments.load_cache(cfg)
+    model, _ = experiments.build(cfg, cache, dataset)
+    experiments.load_pretrained_encoders(model, cfg, tmp_path)
+    state = torch.load(tmp_path / subs["visual"].hash() / "checkpoint.pt", weights_only=True)["best"]["state"]
+    for name, p in model.encoders["visual"].state_dict().items():
+        assert torch.equal(p, state[f"encoders.visual.{name}"]), name
+    rec = experiments.run(cfg, root=tmp_path)
+    assert rec.final["test"]["acc"] >= 0
+    with pytest.raises(ValueError, match=r"model.pretrain must be \{epochs: N\}"):
+        experiments.pretrain_configs(cfg.replace(**{"model.pretrain": {"epoch": 2}}), ["audio"])
+
+
+def test_evaluation_logs_modal_significance(make_config, prepared_layout, tmp_path):
+    rec = experiments.run(make_config(prepared_layout, **{"train.epochs": 1}), root=tmp_path)
+    sig = rec.history[0]["test"]["significance"]
+    assert sig["protocol"] == "zero_feature" and set(sig) == {"protocol", "audio", "visual"}
+    assert all(isinstance(sig[m], float) for m in ("audio", "visual"))
+
+
+def test_cli_prepare_setup(tmp_path, monkeypatch, capsys):
+    from mmlib.__main__ import main
+    assert main(["prepare", "--profile", "ci"]) == 2
+    assert "needs --dataset and --root, or --setup" in capsys.readouterr().err
