@@ -2,9 +2,9 @@
 
 Seeded and procedural. Each item has a short sentence from a template grammar and a JPEG image. The sentence
 carries a class-tied content word with probability ``text_present`` (else a class-free filler word); the image
-carries a class-tied grating orientation with probability ``image_present`` (else a grating at an orientation
-between the classes'). Orientations lie in [0, 90] degrees with class-free ones in between, so horizontal flips
-keep classes apart; the grating fills the image, so crops keep it. The text cue is present more often and is
+carries a grating whose orientation encodes the class with probability ``image_present`` (else class-free
+concentric rings). Orientations lie in [0, 90] degrees, so horizontal flips keep classes apart; the pattern
+fills the image, so crops keep it. The text cue is present more often and is
 easier to read than the noisy, cluttered image, so text dominates (as on the real sets, where text-only beats
 image-only by about ten points) and the modalities are complementary. Everything that sets the difficulty is a
 field of ``SynthTextImageConfig``. The real loaders (``mmlib.data.text_image``) prepare the written layout.
@@ -56,7 +56,7 @@ class SynthTextImageConfig:
     image_size: int = 32  # square JPEGs, pixels
     jpeg_quality: int = 90
     text_present: float = 0.7  # probability that a sentence carries its class's content word
-    image_present: float = 0.6  # probability that an image carries its class's grating orientation
+    image_present: float = 0.6  # probability that an image carries its class's grating (else rings)
     image_contrast: float = 0.15  # grating amplitude (pixel values in [0, 1])
     image_noise: float = 0.2  # std of per-pixel noise
     image_clutter: int = 3  # class-free random rectangles drawn over each image
@@ -92,17 +92,17 @@ def sentence(cfg: SynthTextImageConfig, label: int, rng: np.random.Generator) ->
 
 
 def image(cfg: SynthTextImageConfig, label: int, rng: np.random.Generator) -> np.ndarray:
-    """(S, S, 3) uint8: background, clutter, a full-frame grating whose orientation encodes the class, noise."""
+    """(S, S, 3) uint8: background, clutter, a full-frame pattern, noise. The pattern is a straight grating
+    whose orientation encodes the class when the cue is present, else concentric rings (no orientation)."""
     s = cfg.image_size
     yy, xx = np.mgrid[0:s, 0:s] / s
-    step = (np.pi / 2) / (cfg.classes - 1)  # class orientations 0 .. 90 degrees; distractors half-way between
+    freq, phase = rng.uniform(2.5, 4.0), rng.uniform(0, 2 * np.pi)  # cycles per image
     if rng.random() < cfg.image_present:
-        angle = step * label
+        angle = (np.pi / 2) / (cfg.classes - 1) * label + rng.normal(0, 0.05)  # 0 .. 90 degrees
+        grating = np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
     else:
-        angle = step * (rng.integers(0, cfg.classes - 1) + 0.5)
-    angle += rng.normal(0, 0.05)
-    freq = rng.uniform(2.5, 4.0)  # cycles per image
-    grating = np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 2 * np.pi))
+        cy, cx = rng.uniform(0.2, 0.8, size=2)
+        grating = np.sin(2 * np.pi * freq * np.hypot(xx - cx, yy - cy) + phase)
     img = np.broadcast_to(rng.uniform(0.25, 0.75, size=3), (s, s, 3)).copy()
     for _ in range(cfg.image_clutter):  # class-free blocks in random colours
         x0, y0 = rng.integers(0, s - 2, size=2)
