@@ -1,6 +1,7 @@
 """Datasets (registered explicitly here), media decoding, the tensor cache and the device loader."""
-from . import audio, crema_d, synth_av  # noqa: F401  (registers recipes and datasets)
+from . import audio, crema_d, nvgesture, synth_av, synth_nvgesture  # noqa: F401  (registers recipes and datasets)
 from . import synth_text_image, text_image  # noqa: F401  (registers the text + image datasets)
+from . import kinetics_sounds, synth_ks  # noqa: F401  (registers the Kinetics-Sounds datasets)
 from .cache import TensorCache
 from .loader import Batch, DeviceLoader
 
