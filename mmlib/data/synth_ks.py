@@ -5,12 +5,12 @@ Seeded and procedural. A class is a pair of codes (a, b) on two small grids (8 x
 each modality spells the pair out with its own two attributes:
 - audio: a chord of a low and a high tone; the low tone's pitch is a on one grid, the high tone's pitch b on
   another (grids in Hz, ``audio_step_hz`` apart: two or more spectrogram bins of every recipe);
-- visual: a coloured drifting grating; the grating's hue is a (hues around the colour circle), its orientation b
-  (orientations in [0, 90] degrees: a horizontal flip maps theta to 180 - theta, which no other class uses, and
-  hue and orientation survive random resized crops).
+- visual: a drifting grating on a grey background; its colour (the channels it modulates, plus a faint cast)
+  has hue a (hues around the colour circle), its orientation is b (orientations in [0, 90] degrees: a horizontal
+  flip maps theta to 180 - theta, which no other class uses; hue and orientation survive random resized crops).
 Each cue is present with its own probability and otherwise replaced by a class-free distractor whose attributes
-lie half-way between the grid's values. The audio cue is present more often and is cleaner, so audio dominates
-and naive joint training under-trains the visual encoder. Clips last about ``seconds`` (3 s or more, so 3+
+lie half-way between the grid's values. The audio cue is present more often and is learnt faster, so audio
+dominates and naive joint training under-trains the visual encoder. Clips last about ``seconds`` (3 s or more, so 3+
 frames). Everything that sets the difficulty is a field of ``SynthKSConfig``; the real loader
 (``mmlib.data.kinetics_sounds``) prepares the written layout.
 """
@@ -32,7 +32,7 @@ from ..registry import register
 from .cache import atomic_write_bytes
 from .kinetics_sounds import AUDIO_DIR, CLASSES_FILE, FRAME_DIR, LABELS, SPLIT_FILES, KineticsSounds
 
-GENERATOR_VERSION = 1  # bump when a change to the generator changes the media it writes
+GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
 STAMP = "synth_ks.txt"
 ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 LOW_TONE_HZ = 300.0  # the low tone's first grid value
@@ -48,12 +48,12 @@ class SynthKSConfig:
     sample_rate: int = 16000
     frame_size: int = 64  # square JPEG frames, pixels
     jpeg_quality: int = 90
-    audio_present: float = 0.8  # probability that a clip carries its class's chord
-    audio_snr_db: float = 0.0  # chord power over noise power
+    audio_present: float = 0.9  # probability that a clip carries its class's chord
+    audio_snr_db: float = 20.0  # chord power over noise power
     audio_step_hz: float = 130.0  # spacing of the pitch grids (43 Hz is one bin of the 129-bin recipes)
-    visual_present: float = 0.6  # probability that a clip carries its class's hue and orientation
-    visual_contrast: float = 0.25  # grating amplitude (pixel values in [0, 1])
-    visual_noise: float = 0.25  # std of per-pixel noise
+    visual_present: float = 0.75  # probability that a clip carries its class's hue and orientation
+    visual_contrast: float = 0.45  # grating amplitude (pixel values in [0, 1]); the hue's colour cast is half of it
+    visual_noise: float = 0.05  # std of per-pixel noise
 
     def fingerprint(self) -> str:
         blob = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
