@@ -140,7 +140,10 @@ def cell_config(params: dict, cell: Cell, seed: int, section: str | None = None)
         raise KeyError(f"unknown setup {cell.setup!r}; params.yaml setups: {sorted(setups)}")
     setup = setups[cell.setup]
     merged = copy.deepcopy(params)
-    merged["base"] = deep_merge(params["base"], setup.get("experiment", {}))
+    base = copy.deepcopy(params["base"])
+    if "generator" in setup.get("experiment", {}).get("data", {}):  # another dataset's generator: replace it
+        base["data"]["generator"] = {}
+    merged["base"] = deep_merge(base, setup.get("experiment", {}))
     probe = experiment_config(merged, section)
     bparams = deep_merge((setup.get("balancers") or {}).get(cell.balancer, {}), cell.params)
     if cell.balancer == "unimodal" and isinstance(bparams.get("modality"), int):
@@ -278,7 +281,6 @@ def calibration(params: dict, setups: list[str], seeds: list[int], workers: int 
 
 def banner(params: dict, section_name: str, cells: dict | None = None) -> str:
     """Which data and profile produced ours, and where the paper's numbers come from."""
-    section = params[section_name]
     setups = sorted({c.setup for c in (cells or table_cells(params, section_name)).values()})
     data = ", ".join(f"{s} = {setup_label(params, s)}" for s in setups)
     seeds = ", ".join(map(str, section_seeds(params, section_name)))
