@@ -24,6 +24,19 @@ def atomic_write_bytes(path: Path, write) -> None:
             tmp.unlink()
 
 
+def ensure_generated(root: Path, stamp_name: str, cfg, generate, dataset: str) -> None:
+    """Generate an embedded dataset under ``root`` unless its stamp (written last by ``generate``) holds
+    ``cfg.fingerprint()``; a stamp of other parameters raises rather than mixing two datasets."""
+    stamp = root / stamp_name
+    if stamp.is_file() and stamp.read_text().strip() == cfg.fingerprint():
+        return
+    if stamp.is_file():
+        raise FileExistsError(f"{root} holds {dataset} generated with other parameters "
+                              f"({stamp.read_text().strip()} != {cfg.fingerprint()}); remove it or pick "
+                              f"another data.root")
+    generate(root, cfg)
+
+
 @dataclass
 class TensorCache:
     tensors: dict[str, torch.Tensor]

@@ -18,7 +18,7 @@ import scipy.io.wavfile
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes
+from .cache import atomic_write_bytes, ensure_generated
 from .crema_d import LABELS, CremaD
 
 GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
@@ -162,13 +162,7 @@ class SynthAV(CremaD):
                         generator: dict | None = None, **_) -> Path:
         cfg = from_dict(SynthAVConfig, generator or {}, "datasets.synth_av")
         root = Path(root)
-        stamp = root / "synth_av.txt"
-        if not stamp.is_file() or stamp.read_text().strip() != cfg.fingerprint():
-            if stamp.is_file():
-                raise FileExistsError(f"{root} holds synth_av generated with other parameters "
-                                      f"({stamp.read_text().strip()} != {cfg.fingerprint()}); remove it or pick "
-                                      f"another data.root")
-            generate(root, cfg)
+        ensure_generated(root, "synth_av.txt", cfg, generate, "synth_av")
         path = self.cache_path(root, recipe, image_size)
         if not path.is_file():
             self.prepare(root, recipe, image_size, skip_bad)

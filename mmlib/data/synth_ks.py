@@ -29,7 +29,7 @@ import scipy.io.wavfile
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes
+from .cache import atomic_write_bytes, ensure_generated
 from .kinetics_sounds import AUDIO_DIR, CLASSES_FILE, FRAME_DIR, LABELS, SPLIT_FILES, KineticsSounds
 
 GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
@@ -192,13 +192,7 @@ class SynthKS(KineticsSounds):
         cfg = from_dict(SynthKSConfig, generator or {}, "datasets.synth_ks")
         cfg.check()
         root = Path(root)
-        stamp = root / STAMP
-        if not stamp.is_file() or stamp.read_text().strip() != cfg.fingerprint():
-            if stamp.is_file():
-                raise FileExistsError(f"{root} holds synth_ks generated with other parameters "
-                                      f"({stamp.read_text().strip()} != {cfg.fingerprint()}); remove it or pick "
-                                      f"another data.root")
-            generate(root, cfg)
+        ensure_generated(root, STAMP, cfg, generate, "synth_ks")
         path = self.cache_path(root, recipe, image_size)
         if not path.is_file():
             self.prepare(root, recipe, image_size, skip_bad)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes
+from .cache import atomic_write_bytes, ensure_generated
 from .nvgesture import LABELS, LIST_FILES, NVGesture
 
 GENERATOR_VERSION = 1  # bump when a change to the generator changes the media it writes
@@ -173,13 +173,7 @@ class SynthNVGesture(NVGesture):
                         generator: dict | None = None, **_) -> Path:
         cfg = from_dict(SynthNVGestureConfig, generator or {}, "datasets.synth_nvgesture")
         root = Path(root)
-        stamp = root / STAMP
-        if not stamp.is_file() or stamp.read_text().strip() != cfg.fingerprint():
-            if stamp.is_file():
-                raise FileExistsError(f"{root} holds synth_nvgesture generated with other parameters "
-                                      f"({stamp.read_text().strip()} != {cfg.fingerprint()}); remove it or pick "
-                                      f"another data.root")
-            generate(root, cfg)
+        ensure_generated(root, STAMP, cfg, generate, "synth_nvgesture")
         path = self.cache_path(root, recipe, image_size, frames=cfg.frames)
         if not path.is_file():
             self.prepare(root, recipe, image_size, skip_bad, frames=cfg.frames)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes
+from .cache import atomic_write_bytes, ensure_generated
 from .text_image import Sarcasm, Twitter15
 
 GENERATOR_VERSION = 1  # bump when a change to the generator changes what it writes
@@ -167,13 +167,7 @@ class _Embedded:
                         **options) -> Path:
         cfg = self.generator_config(generator)
         root = Path(root)
-        stamp = root / STAMP
-        if not stamp.is_file() or stamp.read_text().strip() != cfg.fingerprint():
-            if stamp.is_file():
-                raise FileExistsError(f"{root} holds {self.name} generated with other parameters "
-                                      f"({stamp.read_text().strip()} != {cfg.fingerprint()}); remove it or pick "
-                                      f"another data.root")
-            generate(root, cfg)
+        ensure_generated(root, STAMP, cfg, generate, self.name)
         path = self.cache_path(root, recipe, image_size, tokenizer=tokenizer, **options)
         if not path.is_file():
             self.prepare(root, recipe, image_size, skip_bad, tokenizer=tokenizer, **options)
