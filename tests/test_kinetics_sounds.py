@@ -13,7 +13,7 @@ from PIL import Image
 from mmlib import experiments
 from mmlib.config import ExperimentConfig, from_dict
 from mmlib.data.cache import TensorCache
-from mmlib.data.crema_d import LayoutError
+from mmlib.data.layout import LayoutError
 from mmlib.data.kinetics_sounds import (FRAME_DIR, LABELS, build_cache, frame_files, read_classes, read_split_file,
                                         scan_layout)
 from mmlib.data.synth_ks import STAMP, SynthKSConfig, code_grid, generate

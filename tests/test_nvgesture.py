@@ -10,7 +10,7 @@ import torch
 from mmlib import experiments
 from mmlib.config import ExperimentConfig, from_dict
 from mmlib.data.cache import TensorCache
-from mmlib.data.crema_d import LayoutError
+from mmlib.data.layout import LayoutError
 from mmlib.data.nvgesture import (FLOW_BOUND, LIST_FILES, build_cache, even_positions, parse_list_line,
                                   read_list_file, scan_layout)
 from mmlib.data.synth_nvgesture import STAMP, SynthNVGesture, SynthNVGestureConfig, generate, write_avi

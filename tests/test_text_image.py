@@ -12,7 +12,7 @@ from mmlib import experiments
 from mmlib.config import ExperimentConfig, from_dict
 from mmlib.data import text_image
 from mmlib.data.cache import SPLIT_CODES, TensorCache
-from mmlib.data.crema_d import LayoutError
+from mmlib.data.layout import LayoutError
 from mmlib.data.synth_text_image import STAMP, SynthTextImageConfig, generate
 from mmlib.data.text_image import (MAX_VOCAB, SPECIAL_TOKENS, Twitter15, build_vocab, encode_words, read_tsv,
                                    scan_layout)

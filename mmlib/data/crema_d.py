@@ -8,7 +8,6 @@ and writes the tensor cache ``<root>/cache/<recipe>_img<size>.pt``. The validati
 from __future__ import annotations
 
 import csv
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +15,13 @@ import numpy as np
 import torch
 
 from ..registry import register
-from .audio import MediaError, spectrogram
+from .audio import spectrogram
 from .cache import TensorCache, SPLIT_CODES
-from .video import extract_frames
+from .layout import LayoutError, decode_all, report_bad
+from .video import extract_frames, pad_clips
 
 LABELS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 VIDEO_SUFFIXES = (".flv", ".mp4")
-
-
-class LayoutError(ValueError):
-    """The dataset directory does not follow the public layout; the message names the file or directory."""
 
 
 @dataclass
@@ -76,18 +72,8 @@ def scan_layout(root: str | Path, skip_bad: bool = False) -> list[Clip]:
                 problems.append(f"clip {name!r} in {split}.csv has no media: {', '.join(missing)}")
                 continue
             clips.append(Clip(name, label, split, wav, video))
-    _report(problems, skip_bad)
+    report_bad(problems, skip_bad)
     return clips
-
-
-def _report(problems: list[str], skip_bad: bool) -> None:
-    if not problems:
-        return
-    if not skip_bad:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise LayoutError(problems[0] + more + "; pass --skip-bad to skip bad clips")
-    for p in problems:
-        print(f"skipped: {p}", file=sys.stderr)
 
 
 def build_cache(root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
@@ -95,29 +81,16 @@ def build_cache(root: str | Path, recipe: str, image_size: int, skip_bad: bool =
     """Decode every clip once and write the tensor cache. Returns its path."""
     root = Path(root)
     clips = scan_layout(root, skip_bad)
-    specs, frames, kept, problems = [], [], [], []
-    for clip in clips:
-        try:
-            spec = spectrogram(clip.wav, recipe)
-            frm = extract_frames(clip.video, image_size)
-        except MediaError as err:
-            problems.append(str(err))
-            continue
-        specs.append(spec)
-        frames.append(frm)
-        kept.append(clip)
-    _report(problems, skip_bad)
-    if not kept:
-        raise LayoutError(f"{root}: no usable clips")
-    t_max = max(f.shape[0] for f in frames)
-    video = np.zeros((len(kept), t_max, 3, image_size, image_size), dtype=np.uint8)
-    for i, f in enumerate(frames):
-        video[i, : f.shape[0]] = f
+    decoded = decode_all(clips, lambda c: (spectrogram(c.wav, recipe), extract_frames(c.video, image_size)),
+                         skip_bad, root)
+    kept = [clip for clip, _ in decoded]
+    specs, frames = zip(*(media for _, media in decoded))
+    video, counts = pad_clips(frames)
     cache = TensorCache(
         tensors={
             "audio": torch.from_numpy(np.stack(specs)).unsqueeze(1).to(torch.float16),  # (N, 1, F, T)
-            "visual": torch.from_numpy(video),  # (N, T_max, 3, S, S) uint8
-            "visual_count": torch.tensor([f.shape[0] for f in frames], dtype=torch.int16),
+            "visual": video,  # (N, T_max, 3, S, S) uint8
+            "visual_count": counts,
             "label": torch.tensor([c.label for c in kept], dtype=torch.int64),
             "split": torch.tensor([SPLIT_CODES[c.split] for c in kept], dtype=torch.int8),
         },

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,8 @@ import torch
 from ..registry import register
 from .audio import MediaError, spectrogram
 from .cache import SPLIT_CODES, TensorCache
-from .crema_d import LayoutError
+from .layout import LayoutError, decode_all, report_bad
+from .video import pad_clips
 
 # The 31 classes as listed by the AdaMML authors (IBM/AdaMML#3). The label order of a real copy is the one of
 # its classes.txt; this tuple is the default naming of the generated stand-in.
@@ -113,16 +113,6 @@ def frame_files(directory: Path) -> list[Path]:
                   key=_natural_key)
 
 
-def _report(problems: list[str], skip_bad: bool) -> None:
-    if not problems:
-        return
-    if not skip_bad:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise LayoutError(problems[0] + more + "; pass --skip-bad to skip bad clips")
-    for p in problems:
-        print(f"skipped: {p}", file=sys.stderr)
-
-
 def scan_layout(root: str | Path, skip_bad: bool = False) -> tuple[list[str], list[KSClip]]:
     """Class names and the clips of both split files with their media. A clip whose wav or frames are missing
     raises (or is reported and skipped)."""
@@ -149,7 +139,7 @@ def scan_layout(root: str | Path, skip_bad: bool = False) -> tuple[list[str], li
                 problems.append(f"clip {name!r} in {file_name} has no media: {', '.join(missing)}")
                 continue
             clips.append(KSClip(name, label, split, wav, frames))
-    _report(problems, skip_bad)
+    report_bad(problems, skip_bad)
     return classes, clips
 
 
@@ -171,30 +161,17 @@ def build_cache(root: str | Path, recipe: str, image_size: int, skip_bad: bool =
     """Decode every clip once and write the tensor cache. Returns its path."""
     root = Path(root)
     classes, clips = scan_layout(root, skip_bad)
-    t_max = max((len(c.frames) for c in clips), default=1)
-    video = np.zeros((len(clips), t_max, 3, image_size, image_size), dtype=np.uint8)
-    specs, kept, problems = [], [], []
-    for clip in clips:
-        row = len(kept)
-        try:
-            spec = spectrogram(clip.wav, recipe)
-            for t, path in enumerate(clip.frames):
-                video[row, t] = load_frame(path, image_size)
-        except MediaError as err:
-            video[row] = 0
-            problems.append(str(err))
-            continue
-        specs.append(spec)
-        kept.append(clip)
-    _report(problems, skip_bad)
-    if not kept:
-        raise LayoutError(f"{root}: no usable clips")
-    t_max = max(len(c.frames) for c in kept)
+    decoded = decode_all(clips, lambda c: (spectrogram(c.wav, recipe),
+                                           np.stack([load_frame(f, image_size) for f in c.frames])),
+                         skip_bad, root)
+    kept = [clip for clip, _ in decoded]
+    specs, frames = zip(*(media for _, media in decoded))
+    video, counts = pad_clips(frames)
     cache = TensorCache(
         tensors={
             "audio": torch.from_numpy(np.stack(specs)).unsqueeze(1).to(torch.float16),  # (N, 1, F, T)
-            "visual": torch.from_numpy(np.ascontiguousarray(video[: len(kept), :t_max])),  # (N, T_max, 3, S, S)
-            "visual_count": torch.tensor([len(c.frames) for c in kept], dtype=torch.int16),
+            "visual": video,  # (N, T_max, 3, S, S)
+            "visual_count": counts,
             "label": torch.tensor([c.label for c in kept], dtype=torch.int64),
             "split": torch.tensor([SPLIT_CODES[c.split] for c in kept], dtype=torch.int8),
         },

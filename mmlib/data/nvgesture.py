@@ -17,7 +17,6 @@ to [-1, 1] (= flow / FLOW_BOUND).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,8 @@ import torch.nn.functional as F
 from ..registry import register
 from .audio import MediaError
 from .cache import SPLIT_CODES, TensorCache
-from .crema_d import LayoutError
+from .layout import LayoutError, decode_all, report_bad
+from .video import pad_clips
 
 LIST_FILES = {"train": "nvgesture_train_correct_cvpr2016_v2.lst", "test": "nvgesture_test_correct_cvpr2016_v2.lst"}
 NUM_CLASSES = 25
@@ -101,16 +101,6 @@ def read_list_file(path: Path, split: str) -> list[GestureClip]:
     return clips
 
 
-def _report(problems: list[str], skip_bad: bool) -> None:
-    if not problems:
-        return
-    if not skip_bad:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise LayoutError(problems[0] + more + "; pass --skip-bad to skip bad clips")
-    for p in problems:
-        print(f"skipped: {p}", file=sys.stderr)
-
-
 def scan_layout(root: str | Path, skip_bad: bool = False) -> list[GestureClip]:
     """Clips of both list files whose videos and flow file exist (a clip without them raises, or is skipped)."""
     root = Path(root)
@@ -128,7 +118,7 @@ def scan_layout(root: str | Path, skip_bad: bool = False) -> list[GestureClip]:
                 problems.append(f"clip {clip.name!r} in {list_name} has no media: {', '.join(missing)}")
                 continue
             clips.append(clip)
-    _report(problems, skip_bad)
+    report_bad(problems, skip_bad)
     return clips
 
 
@@ -201,30 +191,18 @@ def build_cache(root: str | Path, image_size: int, frames: int = DEFAULT_FRAMES,
         raise ValueError(f"frames per clip must be >= 1, got {frames}")
     root = Path(root)
     clips = scan_layout(root, skip_bad)
-    decoded: dict[str, list[np.ndarray]] = {"rgb": [], "depth": [], "flow": []}
-    kept, problems = [], []
-    for clip in clips:
-        try:
-            item = {m: read_sensor(clip.video(m), *clip.ranges[SENSORS[m][0]], frames, image_size, m == "depth")
-                    for m in SENSORS}
-            item["flow"] = read_flow(clip.flow(root), frames, image_size)
-        except MediaError as err:
-            problems.append(str(err))
-            continue
-        for m, x in item.items():
-            decoded[m].append(x)
-        kept.append(clip)
-    _report(problems, skip_bad)
-    if not kept:
-        raise LayoutError(f"{root}: no usable clips")
+
+    def decode(clip: GestureClip) -> dict[str, np.ndarray]:
+        item = {m: read_sensor(clip.video(m), *clip.ranges[SENSORS[m][0]], frames, image_size, m == "depth")
+                for m in SENSORS}
+        item["flow"] = read_flow(clip.flow(root), frames, image_size)
+        return item
+
+    decoded = decode_all(clips, decode, skip_bad, root)
+    kept = [clip for clip, _ in decoded]
     tensors = {}
-    for m, items in decoded.items():
-        t_max = max(x.shape[0] for x in items)
-        stacked = np.zeros((len(items), t_max, *items[0].shape[1:]), dtype=np.uint8)
-        for i, x in enumerate(items):
-            stacked[i, : x.shape[0]] = x
-        tensors[m] = torch.from_numpy(stacked)
-        tensors[f"{m}_count"] = torch.tensor([x.shape[0] for x in items], dtype=torch.int16)
+    for m in ("rgb", "depth", "flow"):
+        tensors[m], tensors[f"{m}_count"] = pad_clips([item[m] for _, item in decoded])
     tensors["label"] = torch.tensor([c.label for c in kept], dtype=torch.int64)
     tensors["split"] = torch.tensor([SPLIT_CODES[c.split] for c in kept], dtype=torch.int8)
     # the classes up to the highest label listed (all 25 for the real release; fewer for a smaller stand-in)

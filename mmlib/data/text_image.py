@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import functools
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from ..registry import register
 from .cache import SPLIT_CODES, TensorCache, atomic_write_bytes
-from .crema_d import LayoutError
+from .layout import LayoutError, decode_all, report_bad
 
 REQUIRED_COLUMNS = ("Label", "String", "ImageID")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -97,18 +96,8 @@ def scan_layout(root: str | Path, image_dir: str, num_classes: int, skip_bad: bo
         found, bad = read_tsv(root / "annotations" / f"{split}.tsv", num_classes, root / image_dir, split)
         items += found
         problems += bad
-    _report(problems, skip_bad)
+    report_bad(problems, skip_bad, "rows")
     return items
-
-
-def _report(problems: list[str], skip_bad: bool) -> None:
-    if not problems:
-        return
-    if not skip_bad:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise LayoutError(problems[0] + more + "; pass --skip-bad to skip bad rows")
-    for p in problems:
-        print(f"skipped: {p}", file=sys.stderr)
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -199,19 +188,12 @@ def build_cache(root: str | Path, image_dir: str, labels: tuple[str, ...], datas
     root = Path(root)
     kind = resolve_tokenizer(tokenizer)
     items = scan_layout(root, image_dir, len(labels), skip_bad)
-    images = np.zeros((len(items), 1, 3, image_size, image_size), dtype=np.uint8)
-    kept, problems = [], []
-    for item in items:
-        try:
-            images[len(kept), 0] = load_image(item.image, image_size)
-        except (OSError, ValueError, SyntaxError) as err:
-            problems.append(f"{item.where}: unreadable image {item.image}: {err}")
-            continue
-        kept.append(item)
-    _report(problems, skip_bad)
-    if not kept:
-        raise LayoutError(f"{root}: no usable rows")
-    images = images[: len(kept)]
+    decoded = decode_all(items, lambda item: load_image(item.image, image_size), skip_bad, root,
+                         errors=(OSError, ValueError, SyntaxError),  # PIL: UnidentifiedImageError, truncated files
+                         describe=lambda item, err: f"{item.where}: unreadable image {item.image}: {err}",
+                         unit="rows")
+    kept = [item for item, _ in decoded]
+    images = np.stack([image for _, image in decoded])[:, None]  # (N, 1, 3, S, S)
     split = np.array([SPLIT_CODES[i.split] for i in kept])
     train_texts = [i.text for i in kept if i.split == "train"]
     if not train_texts:

@@ -40,3 +40,12 @@ def extract_frames(path: str | Path, size: int, fps: float = 1.0) -> np.ndarray:
     frames = torch.from_numpy(np.stack(kept)).permute(0, 3, 1, 2).float()
     frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return frames.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def pad_clips(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips of (T_i, ...) uint8 frames -> zero-padded (N, T_max, ...) uint8 and the counts T_i as int16."""
+    t_max = max(x.shape[0] for x in clips)
+    stacked = np.zeros((len(clips), t_max, *clips[0].shape[1:]), dtype=np.uint8)
+    for i, x in enumerate(clips):
+        stacked[i, : x.shape[0]] = x
+    return torch.from_numpy(stacked), torch.tensor([x.shape[0] for x in clips], dtype=torch.int16)

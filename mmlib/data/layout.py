@@ -1,0 +1,49 @@
+"""What every loader of a public dataset layout shares: its error type, and raise-or-skip over bad clips.
+
+A loader collects the problems it finds (a clip listed without media, a file that does not decode); by default
+the first one stops ``prepare`` with an error naming the file, and with ``--skip-bad`` every one is reported on
+stderr and its clip left out.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable, TypeVar
+
+from .audio import MediaError
+
+Item = TypeVar("Item")
+Value = TypeVar("Value")
+
+
+class LayoutError(ValueError):
+    """The dataset directory does not follow the public layout; the message names the file or directory."""
+
+
+def report_bad(problems: list[str], skip_bad: bool, unit: str = "clips") -> None:
+    """Raise on the first problem (naming how many more), or with ``skip_bad`` print each as skipped."""
+    if not problems:
+        return
+    if not skip_bad:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise LayoutError(problems[0] + more + f"; pass --skip-bad to skip bad {unit}")
+    for p in problems:
+        print(f"skipped: {p}", file=sys.stderr)
+
+
+def decode_all(items: Iterable[Item], decode: Callable[[Item], Value], skip_bad: bool, where: object,
+               errors: tuple[type[Exception], ...] = (MediaError,),
+               describe: Callable[[Item, Exception], str] = lambda item, err: str(err),
+               unit: str = "clips") -> list[tuple[Item, Value]]:
+    """``(item, decode(item))`` for every item that decodes; an item whose decode raises one of ``errors`` is a
+    problem for ``report_bad`` (``describe`` words it). Raises LayoutError, naming ``where`` (the dataset root),
+    when no item is left."""
+    decoded, problems = [], []
+    for item in items:
+        try:
+            decoded.append((item, decode(item)))
+        except errors as err:
+            problems.append(describe(item, err))
+    report_bad(problems, skip_bad, unit)
+    if not decoded:
+        raise LayoutError(f"{where}: no usable {unit}")
+    return decoded
