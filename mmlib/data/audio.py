@@ -9,7 +9,8 @@ a run records the one it used:
 - ``spec_257x1004`` 22.05 kHz, tiled x10, first 160,000 samples, scipy spectrogram 512/353, log, per-clip z-score
   (PMR's recipe);
 - ``stft_129x94``   11.025 kHz, 3 s, STFT n_fft 256 hop 353: the small recipe of the CPU profiles;
-- ``stft_129x47``   as stft_129x94 with hop 706: half the time steps, for the many-run CPU tables.
+- ``stft_129x47``   as stft_129x94 with hop 706: half the time steps;
+- ``stft_129x24``   as stft_129x94 with hop 1412: a quarter of the time steps, for the many-run CPU tables.
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ for _name, _recipe in {
     "spec_257x1004": ScipySpecRecipe(rate=22050, samples=160000, tile=10, zscore=True),
     "stft_129x94": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=353, tile=3),
     "stft_129x47": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=706, tile=3),
+    "stft_129x24": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=1412, tile=3),
 }.items():
     register("audio_recipes", _name)(_recipe)
 
