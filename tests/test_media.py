@@ -7,12 +7,13 @@ import scipy.io.wavfile
 import torch
 
 from mmlib.data.audio import MediaError, read_wav, spectrogram
-from mmlib.data.loader import segment_frames
+from mmlib.data.loader import random_resized_crop, segment_frames
 from mmlib.registry import get, names
 
 
 @pytest.mark.parametrize("recipe, shape", [("stft_257x188", (257, 188)), ("spec_257x299", (257, 299)),
-                                           ("spec_257x1004", (257, 1004)), ("stft_129x94", (129, 94))])
+                                           ("spec_257x1004", (257, 1004)), ("stft_129x94", (129, 94)),
+                                           ("stft_129x47", (129, 47)), ("stft_129x24", (129, 24))])
 @pytest.mark.parametrize("seconds", [1.0, 4.5])  # shorter clips are tiled, longer ones cut
 def test_recipe_shapes(tmp_path, recipe, shape, seconds):
     path = tmp_path / "a.wav"
@@ -93,3 +94,19 @@ def test_segment_frames_train_random_within_segment_test_centre():
         end = torch.maximum(((torch.arange(3) + 1) * count[:, None]) // 3, start + 1)
         in_segment = (pos >= start) & (pos < end)
         assert in_segment.all() and (pos[2] == 0).all()  # a 1-frame clip repeats its only frame
+
+
+def test_mirroring_a_flow_field_reflects_its_horizontal_component():
+    # channel 0: dx = +0.3 (stored as 0.8, 0.5 = zero); channel 1: a left-to-right ramp that shows the mirroring
+    ramp = torch.linspace(0.1, 0.9, 8).expand(8, 8)
+    x = torch.stack([torch.full((8, 8), 0.8), ramp]).expand(64, 2, 2, 8, 8).clone()
+    gen = torch.Generator().manual_seed(0)
+    out = random_resized_crop(x, gen, scale=(1.0, 1.0), ratio=(1.0, 1.0), horizontal_channel=0)
+    mirrored = out[:, 0, 1, 0, 0] > out[:, 0, 1, 0, -1]  # the ramp now falls from left to right
+    assert 0 < mirrored.sum() < 64
+    dx = out[:, :, 0]
+    assert torch.allclose(dx[mirrored], torch.full_like(dx[mirrored], 0.2), atol=1e-5)
+    assert torch.allclose(dx[~mirrored], torch.full_like(dx[~mirrored], 0.8), atol=1e-5)
+    plain = random_resized_crop(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert torch.allclose(plain[:, :, 0], torch.full_like(plain[:, :, 0], 0.8), atol=1e-5)  # images keep values
+    assert torch.equal(plain[:, :, 1], out[:, :, 1])  # same draws: only the vector channel differs

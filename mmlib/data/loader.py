@@ -54,8 +54,11 @@ def segment_frames(count: torch.Tensor, frames: int, train: bool, generator: tor
 
 
 def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None, scale=(0.08, 1.0),
-                        ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
-    """RandomResizedCrop + horizontal flip for a batch (B, T, C, H, W), one crop per clip, via affine grids."""
+                        ratio=(3 / 4, 4 / 3), flip: bool = True,
+                        horizontal_channel: int | None = None) -> torch.Tensor:
+    """RandomResizedCrop + horizontal flip for a batch (B, T, C, H, W) in [0, 1], one crop per clip, via affine
+    grids. ``horizontal_channel``: the channel of a vector field's horizontal component (0.5 = zero), which a
+    mirrored clip reflects about 0.5 (optical flow's dx changes sign)."""
     b, t, c, h, w = x.shape
     dev = x.device
     area = torch.empty(b, device=dev).uniform_(*scale, generator=generator)
@@ -76,7 +79,15 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None, scal
     theta = theta.repeat_interleave(t, dim=0).to(x.dtype)
     flat = x.reshape(b * t, c, h, w)
     grid = F.affine_grid(theta, [b * t, c, h, w], align_corners=False)
-    return F.grid_sample(flat, grid, mode="bilinear", padding_mode="reflection", align_corners=False).view_as(x)
+    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="reflection", align_corners=False).view_as(x)
+    if horizontal_channel is not None:
+        dx = out[:, :, horizontal_channel]
+        out[:, :, horizontal_channel] = torch.where((sign < 0).view(b, 1, 1, 1), 1 - dx, dx)
+    return out
+
+
+# frame modalities that are vector fields -> the channel of their horizontal component (optical flow: dx, dy)
+HORIZONTAL_COMPONENT = {"flow": 0}
 
 
 class DeviceLoader:
@@ -149,6 +160,6 @@ class DeviceLoader:
         x = frames[flat.to(video.device)].to(self.device, non_blocking=True)
         x = x.view(len(idx), self.frames, *video.shape[2:]).float().div_(255.0)
         if self.train and self.augment:
-            x = random_resized_crop(x, gen)
+            x = random_resized_crop(x, gen, horizontal_channel=HORIZONTAL_COMPONENT.get(m))
         mean, std = self.norm[m]
         return (x - mean) / std
