@@ -179,8 +179,8 @@ def _fmt(mean: float, std: float | None, n: int, metric: str) -> str:
 def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(wide table 'ours (paper)', long table, metrics) for the cells of one paper table.
 
-    metrics: ``{row: {column: our mean, column + "_std": std, "paper_" + column: the paper's value}}``;
-    a pending cell holds None and ``"pending_" + column`` with the reason.
+    metrics: ``{row: {column: our mean, column + "_std": std over seeds, column + "_seeds": their number,
+    "paper_" + column: the paper's value}}``; a pending cell holds None and ``"pending_" + column`` with the reason.
     """
     values = cell_values(cells, runs)
     rows_order = [r for r in paper.methods if any(k[0] == r for k in cells)]
@@ -203,7 +203,7 @@ def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, p
         vals = values[(row, col)]
         mean = float(np.mean(vals))
         std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        entry[col], entry[f"{col}_std"] = mean, std
+        entry[col], entry[f"{col}_std"], entry[f"{col}_seeds"] = mean, std, len(vals)
         wide.loc[row, col] = f"{_fmt(mean, std, len(vals), cell.metric)} ({paper_txt})"
         long_rows.append({"method": row, "column": col, "ours_mean": mean, "ours_std": std, "seeds": len(vals),
                           "paper": paper_value, "note": ""})
@@ -245,17 +245,36 @@ def ordering(metrics: dict, paper: PaperTable, columns: list[str] | None = None,
 
 
 def claims(metrics: dict, comparisons: list[tuple[str, str, str]]) -> pd.DataFrame:
-    """The paper's qualitative claims ``better > worse`` on ``column``, checked on our means (and on the
-    paper's numbers where it prints them)."""
+    """The paper's qualitative claims ``better > worse`` on ``column``, checked on our means over seeds (and on
+    the paper's numbers where it prints them). ``gap / s.e.`` is the gap of the means over its standard error
+    (Welch); a claim holds clearly when that exceeds 2, which needs several seeds."""
     out = []
     for better, worse, column in comparisons:
-        a, b = metrics[better].get(column), metrics[worse].get(column)
-        pa, pb = metrics[better].get(f"paper_{column}"), metrics[worse].get(f"paper_{column}")
+        a, b = metrics[better], metrics[worse]
+        pa, pb = a.get(f"paper_{column}"), b.get(f"paper_{column}")
+        measured = a.get(column) is not None and b.get(column) is not None
+        ratio = None
+        if measured and a.get(f"{column}_seeds", 1) > 1 and b.get(f"{column}_seeds", 1) > 1:
+            se = np.sqrt(a[f"{column}_std"] ** 2 / a[f"{column}_seeds"] + b[f"{column}_std"] ** 2 / b[f"{column}_seeds"])
+            gap = a[column] - b[column]
+            ratio = float(np.sign(gap) * np.inf) if se == 0 and gap else (0.0 if se == 0 else float(gap / se))
         out.append({"claim": f"{better} > {worse} ({column})",
-                    "ours": "–" if a is None or b is None else f"{a:.2f} vs {b:.2f}",
-                    "holds in ours": None if a is None or b is None else bool(a > b),
+                    "ours": "–" if not measured else
+                    f"{a[column]:.2f} ± {a.get(f'{column}_std', 0):.2f} vs {b[column]:.2f} ± {b.get(f'{column}_std', 0):.2f}",
+                    "holds in ours": None if not measured else bool(a[column] > b[column]),
+                    "gap / s.e.": None if ratio is None else round(ratio, 1),
+                    "clearly (> 2 s.e.)": None if ratio is None else bool(ratio > 2),
                     "paper": "–" if pa is None or pb is None else f"{pa:g} vs {pb:g}"})
     return pd.DataFrame(out).set_index("claim")
+
+
+def claims_summary(checked: pd.DataFrame) -> str:
+    """One line on a ``claims`` table: how many of the paper's claims hold in ours, how many clearly, which not."""
+    failed = [c for c, holds in checked["holds in ours"].items() if holds is not None and not holds]
+    measured = int(checked["holds in ours"].notna().sum())
+    clear = int((checked["clearly (> 2 s.e.)"] == True).sum())  # noqa: E712 (None = single seed)
+    return (f"{measured - len(failed)}/{measured} of the paper's claims hold in ours ({clear} clearly, by more than "
+            f"2 standard errors over seeds)" + (": not " + "; ".join(failed) if failed else "") + ".")
 
 
 def calibration(params: dict, setups: list[str], seeds: list[int], workers: int | None = None) -> pd.DataFrame:

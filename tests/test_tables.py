@@ -105,6 +105,15 @@ def test_compare_reports_ours_beside_the_papers_and_finds_gaps():
     assert order.loc["A/acc", "paper best"] == "ours" and order.loc["A/acc", "ours best"] == "ours"
     claims = tables.claims(metrics, [("ours", "base", "A/acc"), ("base", "ours", "A/map")])
     assert claims["holds in ours"].tolist() == [True, False]
+    # ours 60 ± 0 vs base 52 ± 2.83 over 2 seeds each: gap 8 over a standard error of sqrt(2.83² / 2) = 2
+    assert claims["gap / s.e."].iloc[0] == pytest.approx(4.0, abs=0.05)
+    assert claims["clearly (> 2 s.e.)"].tolist() == [True, False]
+    assert metrics["base"]["A/acc_seeds"] == 2
+    single = copy.deepcopy(metrics)
+    single["ours"]["A/acc_seeds"] = 1  # one seed: no spread, so no claim is clear
+    assert tables.claims(single, [("ours", "base", "A/acc")])["clearly (> 2 s.e.)"].tolist() == [None]
+    assert tables.claims_summary(claims) == ("1/2 of the paper's claims hold in ours (1 clearly, by more than 2 "
+                                             "standard errors over seeds): not base > ours (A/map).")
 
 
 def test_run_metrics():
