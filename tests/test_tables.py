@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,14 +61,19 @@ def test_cell_config_layers_setup_section_and_cell():
         tables.cell_config(params, tables.Cell(setup="nope"), 0)
 
 
-def test_every_amss_section_resolves_and_shares_baselines():
-    """Every cell of every AMSS table builds a valid configuration, and a baseline is one run across tables."""
-    params = load_params("demo")
+@pytest.mark.parametrize("profile", ["ci", "demo", "full"])
+def test_every_amss_section_resolves_and_shares_baselines(profile):
+    """Every cell of every AMSS table builds a valid configuration whose data lies under the profile's
+    ``amss_data`` output, and a baseline is one run across tables."""
+    params = load_params(profile)
     hashes = {}
     for name in [k for k in params if k.startswith("amss_")]:
         cells = tables.table_cells(params, name)
         assert cells, name
-        hashes[name] = {k: tables.cell_config(params, c, 0, name).hash() for k, c in cells.items() if not c.pending}
+        configs = {k: tables.cell_config(params, c, 0, name) for k, c in cells.items() if not c.pending}
+        outs = str(Path(params["root"]) / "data" / "embedded" / profile / "amss")
+        assert all(str(Path(c.data.root).parent) == outs for c in configs.values()), name
+        hashes[name] = {k: c.hash() for k, c in configs.items()}
     assert hashes["amss_02_table2"][("Concat", "KS/acc")] == hashes["amss_06_table6"][("Baseline", "KS/acc")] \
         == hashes["amss_09_fig4"][("Baseline", "KS")]
     assert hashes["amss_02_table2"][("AMSS+", "Sarcasm/acc")] == hashes["amss_07_table7"][("AMSS+", "Sarcasm/acc")]
