@@ -121,3 +121,9 @@ def test_bad_media_skipped_with_skip_bad(crema_copy, capsys):
 
 def test_media_error_is_value_error():
     assert issubclass(MediaError, ValueError) and issubclass(LayoutError, ValueError)
+
+
+def test_tensor_cache_holds_dense_tensors():
+    odd = torch.zeros(4, 3, 2).transpose(0, 2)  # a view with permuted strides
+    cache = TensorCache(tensors={"x": odd, "label": torch.arange(4)})
+    assert cache.tensors["x"].is_contiguous() and torch.equal(cache.tensors["x"], odd)

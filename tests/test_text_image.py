@@ -121,6 +121,8 @@ def test_corrupt_image_stops_or_is_skipped(t15, capsys):
 def test_cache_shapes_dtypes_and_meta(t15):
     path = prepare(t15, size=16, length=12)
     assert path == t15 / "cache" / "vocab_text12_img16.pt"
+    raw = torch.load(path, weights_only=True)["tensors"]  # stored dense (odd strides crashed training)
+    assert all(t.is_contiguous() for t in raw.values())
     cache = TensorCache.load(path)
     t = cache.tensors
     assert t["text"].shape == (48, 12) and t["text"].dtype == torch.int64

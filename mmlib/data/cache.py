@@ -42,6 +42,9 @@ class TensorCache:
     tensors: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):  # dense row-major storage, whatever strides a loader built (or an older cache holds)
+        self.tensors = {name: t.contiguous() for name, t in self.tensors.items()}
+
     def __len__(self) -> int:
         return int(self.tensors["label"].shape[0])
 

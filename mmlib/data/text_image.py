@@ -193,7 +193,7 @@ def build_cache(root: str | Path, image_dir: str, labels: tuple[str, ...], datas
                          describe=lambda item, err: f"{item.where}: unreadable image {item.image}: {err}",
                          unit="rows")
     kept = [item for item, _ in decoded]
-    images = np.stack([image for _, image in decoded])[:, None]  # (N, 1, 3, S, S)
+    images = np.stack([image[None] for _, image in decoded])  # (N, 1, 3, S, S)
     split = np.array([SPLIT_CODES[i.split] for i in kept])
     train_texts = [i.text for i in kept if i.split == "train"]
     if not train_texts:
