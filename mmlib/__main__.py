@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import bench, registry
 
@@ -34,6 +35,10 @@ def cmd_prepare(args) -> int:
     else:
         path = dataset.prepare(root, recipe, size, args.skip_bad, **options)
     print(path)
+    # the validation split the runs will use, carved now so that training never writes into the data folder
+    from .data.cache import TensorCache
+    carved = TensorCache.load(path).carve_validation(root, cfg.val_fraction, cfg.split_seed)
+    print(Path(root) / carved.meta["val_file"])
     return 0
 
 

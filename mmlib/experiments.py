@@ -82,7 +82,18 @@ def build(cfg: ExperimentConfig, cache: TensorCache, dataset) -> tuple[torch.nn.
     used = balancer.modalities(list(cfg.data.modalities))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, {m: dataset.modalities[m] for m in used}, cache.num_classes)
+    check_vocabulary(model, cache)
     return model, balancer
+
+
+def check_vocabulary(model: torch.nn.Module, cache: TensorCache) -> None:
+    """A token encoder must embed every id of the cache's vocabulary (``meta["vocab_size"]``)."""
+    needed = cache.meta.get("vocab_size")
+    for m, encoder in model.encoders.items():
+        size = getattr(encoder, "vocab_size", None)
+        if needed is not None and size is not None and size < needed:
+            raise ValueError(f"model.encoders.{m}.vocab_size is {size}, but the data's vocabulary has {needed} "
+                             f"tokens ({cache.meta.get('tokenizer', 'unknown tokenizer')}): set it to >= {needed}")
 
 
 def pretrain_configs(cfg: ExperimentConfig, modalities: list[str]) -> dict[str, ExperimentConfig]:

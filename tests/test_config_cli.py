@@ -97,7 +97,11 @@ def test_cli_prepare_then_train_on_crema_layout(crema_copy, tmp_path, monkeypatc
                                      "--recipe", "stft_129x94", "--image-size", "32"],
                           capture_output=True, text=True, cwd=ROOT)
     assert prep.returncode == 0, prep.stderr
-    assert Path(prep.stdout.strip()).is_file()
+    cache_path, val_path = map(Path, prep.stdout.split())
+    assert cache_path.is_file() and val_path == crema_copy / "val_seed0_frac0.10.csv"
+    val_rows = val_path.read_text()  # carved by prepare: training reads it and writes nothing into the data
+    assert val_rows.count("\n") > 0
+    data_files = sorted(p.relative_to(crema_copy) for p in crema_copy.rglob("*"))
     config = tmp_path / "exp.yaml"
     config.write_text(
         "data: {dataset: crema_d, audio_recipe: stft_129x94, image_size: 32}\n"
@@ -110,6 +114,8 @@ def test_cli_prepare_then_train_on_crema_layout(crema_copy, tmp_path, monkeypatc
     assert lines[0].endswith("record.json") and Path(lines[0]).is_file()
     metrics = json.loads("\n".join(lines[1:]))
     assert 0 <= metrics["test"]["acc"] <= 1 and metrics["data"]["dataset"] == "crema_d"
+    assert val_path.read_text() == val_rows
+    assert sorted(p.relative_to(crema_copy) for p in crema_copy.rglob("*")) == data_files
 
 
 def test_cli_errors_are_clear(crema_copy, capsys):

@@ -224,3 +224,23 @@ def test_end_to_end_run_with_tiny_bert(tmp_path):
     assert rec.data["classes"] == ["negative", "neutral", "positive"] and rec.data["test"] == 12
     assert set(rec.final["test"]["unimodal"]["zero_feature"]) == {"text", "image"}
     assert 0 <= rec.final["test"]["acc"] <= 1 and len(rec.history) == 2
+
+
+def test_text_encoder_smaller_than_vocabulary_is_refused(tmp_path):
+    cfg = from_dict(ExperimentConfig, {
+        "data": {"dataset": "synth_twitter15", "root": str(tmp_path / "data"), "modalities": ["text", "image"],
+                 "image_size": 16, "augment": False, "text_length": 16,
+                 "generator": {"items": 60, "image_size": 16, "test_fraction": 0.2}},
+        "model": {"encoders": {
+            "text": {"name": "text_bert", "pretrained": False, "width": 32, "layers": 1, "heads": 2,
+                     "max_length": 64, "vocab_size": 8},
+            "image": {"name": "resnet18", "width": 4}}},
+        "train": {"epochs": 1, "batch_size": 8, "threads": 1, "progress": "off"},
+    })
+    dataset, cache = experiments.load_cache(cfg)
+    needed = cache.meta["vocab_size"]
+    assert 8 < needed < 128  # the generator's word list: a small embedding suffices
+    with pytest.raises(ValueError, match=rf"model.encoders.text.vocab_size is 8, .* has {needed} tokens"):
+        experiments.build(cfg, cache, dataset)
+    model, _ = experiments.build(cfg.replace(**{"model.encoders.text.vocab_size": needed}), cache, dataset)
+    assert model.encoders["text"].vocab_size == needed

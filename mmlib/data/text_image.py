@@ -202,6 +202,7 @@ def build_cache(root: str | Path, image_dir: str, labels: tuple[str, ...], datas
     texts = [i.text for i in kept]
     if kind == "bert":
         ids = encode_bert(texts, text_length)
+        meta_tok.update(vocab_size=local_bert_tokenizer().vocab_size)
     else:
         vocab = load_or_build_vocab(root / "cache" / "vocab.txt", train_texts)
         ids = encode_words(texts, vocab, text_length)

@@ -46,6 +46,7 @@ class BertTextEncoder(nn.Module):
             self.model = BertModel(config)
         self.out_dim = self.model.config.hidden_size
         self.max_length = self.model.config.max_position_embeddings
+        self.vocab_size = self.model.config.vocab_size
         heads = self.model.config.num_attention_heads
         for module in self.model.modules():
             if all(hasattr(module, name) for name in ("query", "key", "value")):
