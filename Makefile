@@ -1,8 +1,10 @@
-# make reproduce            the full replication on the demo profile (PROFILE=ci|demo|full)
+# make reproduce            the full replication on the demo profile (PROFILE=ci|demo|full; STAGES="00_quickstart"
+#                           runs only the named dvc stages and what they depend on)
 # make test                 unit + integration tests and nbval over every notebook
 # make bench                throughput benchmark on the current device
 # Each target creates .venv and installs the pinned requirements on first use.
 PROFILE ?= demo
+STAGES ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -19,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 reproduce: $(STAMP)
 	printf 'profile: %s\n' $(PROFILE) > profile.yaml
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH dvc repro
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH dvc repro $(STAGES)
 	@echo "outputs (profile $(PROFILE)): reports/*/  (table.md, table.csv, figure.png, metrics.json, executed.ipynb)"
 
 test: $(STAMP)
