@@ -199,17 +199,19 @@ def config_from(d: dict) -> ExperimentConfig:
     return from_dict(ExperimentConfig, d)
 
 
-def grid(params: dict, section: str, methods: dict[str, dict], seeds: list[int], **dotted) -> dict[str, list[RunRecord]]:
-    """Run every ``label -> balancer spec ({name, params})`` for every seed of a params.yaml section."""
+def grid(params: dict, section: str, methods: dict[str, dict], seeds: list[int], workers: int = 1,
+         **dotted) -> dict[str, list[RunRecord]]:
+    """Run every ``label -> balancer spec ({name, params})`` for every seed of a params.yaml section
+    (``workers`` processes in parallel; see ``sweep``)."""
     from .config import experiment_config
 
-    out = {}
+    cfgs = {}
     for label, spec in methods.items():
         unknown = set(spec) - {"name", "params"}
         if unknown:
             raise KeyError(f"{section}.methods.{label}: unknown key(s) {sorted(unknown)}; use name and params")
-        out[label] = [run(experiment_config(params, section, **{"balancer.name": spec["name"],
-                                                               "balancer.params": spec.get("params", {}),
-                                                               "train.seed": seed}, **dotted))
-                      for seed in seeds]
-    return out
+        cfgs[label] = [experiment_config(params, section, **{"balancer.name": spec["name"],
+                                                             "balancer.params": spec.get("params", {}),
+                                                             "train.seed": seed}, **dotted) for seed in seeds]
+    records = iter(sweep([c for cs in cfgs.values() for c in cs], workers=workers))
+    return {label: [next(records) for _ in cs] for label, cs in cfgs.items()}

@@ -140,6 +140,20 @@ def test_parallel_sweep_equals_sequential_runs(make_config, prepared_layout, tmp
     assert parallel[0].final != parallel[1].final  # the seeds differ
 
 
+def test_grid_keeps_labels_and_seeds_in_order(make_config, prepared_layout, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLIB_RESULTS", str(tmp_path))
+    base = make_config(prepared_layout, **{"train.epochs": 1, "train.threads": 1}).to_dict()
+    params = {"base": base, "quick": {}}
+    methods = {"naive": {"name": "naive"}, "audio only": {"name": "unimodal", "params": {"modality": "audio"}}}
+    runs = experiments.grid(params, "quick", methods, [1, 0], workers=2)
+    assert list(runs) == ["naive", "audio only"]
+    for label, recs in runs.items():
+        assert [r.config["train"]["seed"] for r in recs] == [1, 0]
+        assert {r.config["balancer"]["name"] for r in recs} == {methods[label]["name"]}
+    with pytest.raises(KeyError, match="unknown key"):
+        experiments.grid(params, "quick", {"x": {"name": "naive", "alpha": 1}}, [0])
+
+
 def test_threads_are_hashed_and_restored(make_config, prepared_layout, tmp_path):
     cfg = make_config(prepared_layout, **{"train.epochs": 1, "train.threads": 1})
     assert cfg.hash() != cfg.replace(**{"train.threads": 2}).hash()

@@ -1,15 +1,19 @@
 """``synth_av``: the embedded audio-visual dataset, written in the public CREMA-D layout.
 
-Seeded and procedural. Each clip has a class-tied audio cue (a chord of two tones whose pitches encode the class)
-and a class-tied visual cue (a drifting grating whose orientation in [0, 90] degrees encodes the class, so
-horizontal flips keep classes apart). Each cue is present in a clip with its own probability and otherwise
-replaced by a class-free distractor, so the modalities are complementary; the audio cue is stronger and present
-more often, so audio dominates and naive joint training under-trains the visual encoder. Everything that sets
-the difficulty is a field of ``SynthAVConfig`` (params.yaml: ``base.data.generator``).
+Seeded and procedural. Each clip has a class-tied audio cue and a class-tied visual cue. The audio cue is either
+a ``chord`` (two tones whose pitches encode the class: readable from the spectrum of an untrained encoder) or a
+``melody`` (three chords shared by all classes, played in a class-specific order: the time-averaged spectrum carries
+no class, so the audio encoder has to learn it; the demo default, params.yaml). The visual cue is a drifting
+grating whose orientation in [0, 90] degrees encodes the class (so horizontal flips keep classes apart). Each cue
+is present in a clip with its own probability and otherwise replaced by a class-free distractor, so the
+modalities are complementary; the audio cue is learned faster and present more often, so audio dominates and
+naive joint training under-trains the visual encoder. Everything that sets the difficulty is a field of
+``SynthAVConfig`` (params.yaml: ``base.data.generator``).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,7 @@ class SynthAVConfig:
     audio_snr_db: float = 0.0  # cue power over noise power
     audio_pitch_step: int = 3  # semitones between neighbouring classes' chords (smaller: harder to tell apart)
     audio_distractor: str = "neutral"  # absent audio cue: neutral (a chord of no class) | other_class (another class's)
+    audio_cue: str = "chord"  # chord: pitches encode the class | melody: the order of three shared notes does
     visual_present: float = 0.7  # probability that a clip carries its class's visual cue
     visual_contrast: float = 0.25  # grating amplitude (pixel values in [0, 1])
     visual_noise: float = 0.25  # std of per-pixel noise
@@ -60,12 +65,35 @@ def clip_names(n: int, labels: list[int]) -> list[str]:
             f"{LABELS[labels[i]]}_{LEVELS[i % len(LEVELS)]}" for i in range(n)]
 
 
+MELODIES = tuple(itertools.permutations(range(3)))  # class k plays the three notes in the order MELODIES[k]
+assert len(MELODIES) == len(LABELS)  # one order per CREMA-D class
+
+
+def _tones(pitches, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in pitches)
+
+
+def _melody(cfg: SynthAVConfig, label: int, present: bool, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Three chords in a row, one per third of the clip. Every class plays the same three chords, so the
+    time-averaged spectrum carries no class; only their order does (a distractor plays three off-grid chords)."""
+    notes = [cfg.audio_pitch_step * 2 * i + 2 + (0.0 if present else 0.5 + cfg.audio_pitch_step) for i in range(3)]
+    order = MELODIES[label] if present else rng.permutation(3)
+    part = np.minimum((3 * t / t[-1]).astype(int), 2)
+    x = np.zeros_like(t)
+    for slot, note in enumerate(order):
+        pitches = np.array([220.0 * 2 ** (notes[note] / 12), 220.0 * 2 ** ((notes[note] + 19) / 12)])
+        x += np.where(part == slot, _tones(pitches * rng.uniform(0.99, 1.01), t, rng), 0.0)
+    return x
+
+
 def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator) -> np.ndarray:
     n = int(cfg.sample_rate * cfg.seconds * rng.uniform(0.8, 1.2))
     t = np.arange(n) / cfg.sample_rate
     present = rng.random() < cfg.audio_present
-    if not present and cfg.audio_distractor == "other_class":  # a misleading cue: another class's chord
+    if not present and cfg.audio_distractor == "other_class":  # a misleading cue: another class's
         label, present = (label + 1 + rng.integers(0, cfg.classes - 1)) % cfg.classes, True
+    if cfg.audio_cue == "melody":
+        return _finish(cfg, _envelope(t, rng) * _melody(cfg, label, present, t, rng), rng)
     if present:  # class chord: two pitches from a class-specific pair on a semitone grid
         base = cfg.audio_pitch_step * label + 2
         pitches = [220.0 * 2 ** (base / 12), 220.0 * 2 ** ((base + 19) / 12)]
@@ -73,10 +101,17 @@ def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator) -> np.ndarr
         k = rng.integers(0, cfg.audio_pitch_step * cfg.classes)
         pitches = [220.0 * 2 ** ((k + 0.5) / 12), 220.0 * 2 ** ((k + 19.5) / 12)]
     pitches = np.array(pitches) * rng.uniform(0.99, 1.01)
-    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + rng.uniform(0, 2 * np.pi))
-    cue = envelope * sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in pitches)
-    cue /= np.sqrt(np.mean(cue**2)) + 1e-9
-    noise = rng.standard_normal(n) * 10 ** (-cfg.audio_snr_db / 20)
+    return _finish(cfg, _envelope(t, rng) * _tones(pitches, t, rng), rng)
+
+
+def _envelope(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(1, 4) * t + rng.uniform(0, 2 * np.pi))
+
+
+def _finish(cfg: SynthAVConfig, cue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit-power cue plus white noise at ``audio_snr_db``, as 16-bit PCM."""
+    cue = cue / (np.sqrt(np.mean(cue**2)) + 1e-9)
+    noise = rng.standard_normal(len(cue)) * 10 ** (-cfg.audio_snr_db / 20)
     x = cue + noise
     return (0.3 * x / np.abs(x).max() * 32767).astype(np.int16)
 
@@ -127,6 +162,8 @@ def generate(root: str | Path, cfg: SynthAVConfig) -> Path:
     root = Path(root)
     if cfg.classes > len(LABELS) or cfg.classes < 2:
         raise ValueError(f"synth_av.classes must be in [2, {len(LABELS)}], got {cfg.classes}")
+    if cfg.audio_cue not in ("chord", "melody"):
+        raise ValueError(f"synth_av.audio_cue must be chord or melody, got {cfg.audio_cue!r}")
     if cfg.audio_distractor not in ("neutral", "other_class"):
         raise ValueError(f"synth_av.audio_distractor must be neutral or other_class, got {cfg.audio_distractor!r}")
     rng = np.random.default_rng(cfg.seed)
