@@ -90,7 +90,7 @@ def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator) -> np.ndarr
     n = int(cfg.sample_rate * cfg.seconds * rng.uniform(0.8, 1.2))
     t = np.arange(n) / cfg.sample_rate
     present = rng.random() < cfg.audio_present
-    if not present and cfg.audio_distractor == "other_class":  # a misleading cue: another class's
+    if not present and cfg.audio_distractor == "other_class":  # a misleading cue: another class's cue
         label, present = (label + 1 + rng.integers(0, cfg.classes - 1)) % cfg.classes, True
     if cfg.audio_cue == "melody":
         return _finish(cfg, _envelope(t, rng) * _melody(cfg, label, present, t, rng), rng)
