@@ -69,6 +69,11 @@ MELODIES = tuple(itertools.permutations(range(3)))  # class k plays the three no
 assert len(MELODIES) == len(LABELS)  # one order per CREMA-D class
 
 
+def _chord(semitones: float) -> np.ndarray:
+    """Two-tone chord: the pitch ``semitones`` above 220 Hz and the one 19 semitones (an octave and a fifth) higher."""
+    return 220.0 * 2 ** (np.array([semitones, semitones + 19]) / 12)
+
+
 def _tones(pitches, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in pitches)
 
@@ -81,8 +86,7 @@ def _melody(cfg: SynthAVConfig, label: int, present: bool, t: np.ndarray, rng: n
     part = np.minimum((3 * t / t[-1]).astype(int), 2)
     x = np.zeros_like(t)
     for slot, note in enumerate(order):
-        pitches = np.array([220.0 * 2 ** (notes[note] / 12), 220.0 * 2 ** ((notes[note] + 19) / 12)])
-        x += np.where(part == slot, _tones(pitches * rng.uniform(0.99, 1.01), t, rng), 0.0)
+        x[part == slot] = _tones(_chord(notes[note]) * rng.uniform(0.99, 1.01), t[part == slot], rng)
     return x
 
 
@@ -94,13 +98,11 @@ def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator) -> np.ndarr
         label, present = (label + 1 + rng.integers(0, cfg.classes - 1)) % cfg.classes, True
     if cfg.audio_cue == "melody":
         return _finish(cfg, _envelope(t, rng) * _melody(cfg, label, present, t, rng), rng)
-    if present:  # class chord: two pitches from a class-specific pair on a semitone grid
-        base = cfg.audio_pitch_step * label + 2
-        pitches = [220.0 * 2 ** (base / 12), 220.0 * 2 ** ((base + 19) / 12)]
-    else:  # distractor chord between the class pitches
-        k = rng.integers(0, cfg.audio_pitch_step * cfg.classes)
-        pitches = [220.0 * 2 ** ((k + 0.5) / 12), 220.0 * 2 ** ((k + 19.5) / 12)]
-    pitches = np.array(pitches) * rng.uniform(0.99, 1.01)
+    if present:  # class chord on a semitone grid
+        pitches = _chord(cfg.audio_pitch_step * label + 2)
+    else:  # distractor chord between the class chords
+        pitches = _chord(rng.integers(0, cfg.audio_pitch_step * cfg.classes) + 0.5)
+    pitches = pitches * rng.uniform(0.99, 1.01)
     return _finish(cfg, _envelope(t, rng) * _tones(pitches, t, rng), rng)
 
 
