@@ -1,12 +1,15 @@
 """Audio recipes (shapes and the STFT itself), frame extraction order, and frame choice in the loader."""
 from __future__ import annotations
 
+import librosa
 import numpy as np
 import pytest
 import scipy.io.wavfile
+import scipy.signal
+import soundfile
 import torch
 
-from mmlib.data.audio import MediaError, read_wav, spectrogram
+from mmlib.data.audio import MediaError, load_audio, spectrogram
 from mmlib.data.loader import random_resized_crop, segment_frames
 from mmlib.registry import get, names
 
@@ -24,14 +27,37 @@ def test_recipe_shapes(tmp_path, recipe, shape, seconds):
     assert np.isfinite(spec).all()
 
 
-def test_stft_recipe_matches_torch_stft():
-    """stft_257x188 = log(|STFT| + 1e-7) with n_fft 512, hop 353, centred zero padding, periodic Hann."""
-    rng = np.random.default_rng(1)
-    x = (rng.standard_normal(22050 * 3) * 0.1).astype(np.float32)
-    ours = get("audio_recipes", "stft_257x188")(x, 22050)
-    ref = torch.stft(torch.from_numpy(x).double(), n_fft=512, hop_length=353, window=torch.hann_window(512, dtype=torch.float64),
-                     center=True, pad_mode="constant", return_complex=True).abs()
-    np.testing.assert_allclose(ours, np.log(ref.numpy() + 1e-7), atol=1e-3)
+def _clip(path, rate=16000, seconds=1.3, seed=1):
+    """A generated clip: a chirp plus noise, written as 16-bit PCM."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    x = 0.4 * np.sin(2 * np.pi * (300 + 2000 * t) * t) + 0.05 * rng.standard_normal(t.size)
+    soundfile.write(path, x.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.parametrize("recipe", ["stft_257x188", "stft_129x94", "stft_129x47", "stft_129x24"])
+def test_stft_recipes_equal_librosa_reference(tmp_path, recipe):
+    """The papers' loader: librosa.load(sr), tile x3, cut to 3 s, clip to [-1, 1], librosa.stft, log(|S| + 1e-7)."""
+    path = _clip(tmp_path / "a.wav")
+    r = get("audio_recipes", recipe)
+    y, _ = librosa.load(path, sr=r.rate)
+    y = np.clip(np.tile(y, 3)[: int(r.rate * 3)], -1, 1)
+    ref = np.log(np.abs(librosa.stft(y, n_fft=r.n_fft, hop_length=r.hop)) + 1e-7)
+    np.testing.assert_allclose(spectrogram(path, recipe), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["spec_257x299", "spec_257x1004"])
+def test_scipy_recipes_equal_their_reference(tmp_path, recipe):
+    """librosa.load at the recipe's rate, tiled, cut, then scipy.signal.spectrogram(512, 353) and log."""
+    path = _clip(tmp_path / "a.wav")
+    r = get("audio_recipes", recipe)
+    y, _ = librosa.load(path, sr=r.rate)
+    y = np.tile(y, max(r.tile or 0, -(-r.samples // len(y))))[: r.samples]
+    ref = np.log(scipy.signal.spectrogram(y, nperseg=512, noverlap=353)[2] + 1e-7)
+    if r.zscore:
+        ref = (ref - ref.mean()) / (ref.std() + 1e-9)
+    np.testing.assert_allclose(spectrogram(path, recipe), ref, rtol=0, atol=1e-4)
 
 
 def test_tone_lands_in_its_frequency_bin():
@@ -47,16 +73,41 @@ def test_unknown_recipe_lists_registered():
     assert {"stft_257x188", "spec_257x299"} <= set(names("audio_recipes"))
 
 
-def test_stereo_and_int_wav_are_mono_float(tmp_path):
-    path = tmp_path / "s.wav"
-    scipy.io.wavfile.write(path, 8000, np.full((800, 2), 16384, dtype=np.int16))
-    x, rate = read_wav(path)
-    assert rate == 8000 and x.ndim == 1 and abs(float(x.mean()) - 0.5) < 1e-3
+@pytest.mark.parametrize("suffix, subtype", [("wav", "PCM_U8"), ("wav", "PCM_16"), ("wav", "PCM_24"),
+                                             ("wav", "PCM_32"), ("wav", "FLOAT"), ("flac", "PCM_16"),
+                                             ("flac", "PCM_24")])
+def test_every_libsndfile_format_reads_as_the_same_mono_signal(tmp_path, suffix, subtype):
+    """8-bit unsigned (no DC offset), 16/24/32-bit PCM, float and flac, stereo averaged to mono."""
+    rate = 8000
+    t = np.arange(rate) / rate
+    left, right = 0.5 * np.sin(2 * np.pi * 440 * t), 0.25 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / f"s.{suffix}"
+    soundfile.write(path, np.stack([left, right], 1), rate, subtype=subtype)
+    x, sr = load_audio(path)
+    assert sr == rate and x.ndim == 1 and x.dtype == np.float32
+    tolerance = 1e-2 if subtype == "PCM_U8" else 1e-4
+    np.testing.assert_allclose(x, 0.375 * np.sin(2 * np.pi * 440 * t), atol=tolerance)
+    assert abs(float(x.mean())) < tolerance
+
+
+def test_unreadable_empty_and_non_finite_audio_name_the_file(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVEnot audio")
+    with pytest.raises(MediaError, match="bad.wav: not a readable audio file"):
+        load_audio(bad)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.float32), 8000)
+    with pytest.raises(MediaError, match="empty.wav: audio file holds no samples"):
+        load_audio(empty)
+    nan = tmp_path / "nan.wav"
+    soundfile.write(nan, np.array([0.1, np.nan, 0.2], np.float32), 8000, subtype="FLOAT")
+    with pytest.raises(MediaError, match="nan.wav: audio holds non-finite samples"):
+        load_audio(nan)
 
 
 def test_missing_wav_names_file(tmp_path):
     with pytest.raises(MediaError, match="missing.wav: audio file not found"):
-        read_wav(tmp_path / "missing.wav")
+        load_audio(tmp_path / "missing.wav")
 
 
 def test_frames_at_one_fps_in_time_order(tmp_path):

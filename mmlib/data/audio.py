@@ -1,25 +1,27 @@
-"""Audio loading and named spectrogram recipes.
+"""Audio loading (librosa) and named spectrogram recipes.
 
 Recipes differ between the public repositories and change results by several points, so each one is named and
-a run records the one it used:
+a run records the one it used. Every recipe loads and resamples with librosa (``librosa.load(path, sr=rate)``:
+libsndfile formats, mono by channel mean, soxr resampling), as the public loaders do; the spectrogram is
+``librosa.stft`` or, where the public recipe is scipy's own, ``scipy.signal.spectrogram``:
 
-- ``stft_257x188``  22.05 kHz, tiled x3 and cut to 3 s, clipped to [-1, 1], STFT n_fft 512 hop 353 (centred,
-  zero padding, periodic Hann), log(|S| + 1e-7)  (OGM-GE / AMSS / DGL CREMA-D loaders);
+- ``stft_257x188``  22.05 kHz, tiled x3 and cut to 3 s, clipped to [-1, 1], ``librosa.stft`` n_fft 512 hop 353
+  (centred, librosa's defaults), log(|S| + 1e-7)  (OGM-GE / AMSS / DGL CREMA-D loaders);
 - ``spec_257x299``  16 kHz, tiled and cut to 3 s, scipy.signal.spectrogram(nperseg 512, noverlap 353), log(S + 1e-7);
 - ``spec_257x1004`` 22.05 kHz, tiled x10, first 160,000 samples, scipy spectrogram 512/353, log, per-clip z-score
   (PMR's recipe);
-- ``stft_129x94``   11.025 kHz, 3 s, STFT n_fft 256 hop 353: the small recipe of the CPU profiles;
+- ``stft_129x94``   11.025 kHz, 3 s, ``librosa.stft`` n_fft 256 hop 353: the small recipe of the CPU profiles;
 - ``stft_129x47``   as stft_129x94 with hop 706: half the time steps;
 - ``stft_129x24``   as stft_129x94 with hop 1412: a quarter of the time steps, for the many-run CPU tables.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from math import gcd
 from pathlib import Path
 
+import librosa
 import numpy as np
-import scipy.io.wavfile
 import scipy.signal
 
 from ..registry import get, register
@@ -29,30 +31,32 @@ class MediaError(ValueError):
     """A media file that cannot be used; the message names the file."""
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono float32 samples in [-1, 1] and the sample rate. Raises MediaError naming the file."""
+def load_audio(path: str | Path, rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate: ``librosa.load(path, sr=rate)`` (``None``: the file's own rate).
+    Raises MediaError naming the file when it is missing, unreadable, empty or holds non-finite samples."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"{path}: audio file not found")
     try:
-        rate, data = scipy.io.wavfile.read(path)
-    except Exception as err:  # scipy raises ValueError / EOFError / struct.error on corrupt headers
-        raise MediaError(f"{path}: not a readable wav file ({err})") from err
-    if data.size == 0:
-        raise MediaError(f"{path}: wav file holds no samples")
-    if np.issubdtype(data.dtype, np.integer):
-        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
-    data = data.astype(np.float32)
-    if data.ndim == 2:
-        data = data.mean(axis=1)
-    return data, int(rate)
+        with warnings.catch_warnings():  # librosa warns before its audioread fallback; the error below says it
+            warnings.simplefilter("ignore")
+            x, sr = librosa.load(path, sr=rate, mono=True)
+    except librosa.util.exceptions.ParameterError as err:  # librosa validates the decoded buffer
+        if "finite" in str(err):
+            raise MediaError(f"{path}: audio holds non-finite samples (NaN or inf)") from err
+        raise MediaError(f"{path}: not usable audio ({err})") from err
+    except Exception as err:  # soundfile / audioread raise many types on corrupt or unknown files
+        raise MediaError(f"{path}: not a readable audio file ({type(err).__name__}: {err})") from err
+    if x.size == 0:
+        raise MediaError(f"{path}: audio file holds no samples")
+    return x.astype(np.float32, copy=False), int(sr)
 
 
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """``librosa.resample`` with librosa.load's default resampler (what ``load_audio(path, target)`` does)."""
     if rate == target:
         return x
-    g = gcd(rate, target)
-    return scipy.signal.resample_poly(x, target // g, rate // g).astype(np.float32)
+    return librosa.resample(x, orig_sr=rate, target_sr=target).astype(np.float32)
 
 
 def tile_to(x: np.ndarray, n: int, times: int | None = None) -> np.ndarray:
@@ -78,11 +82,7 @@ class StftRecipe:
     def __call__(self, x: np.ndarray, rate: int) -> np.ndarray:
         n = int(self.rate * self.seconds)
         x = np.clip(tile_to(resample(x, rate, self.rate), n, self.tile), -1.0, 1.0)
-        pad = self.n_fft // 2
-        x = np.pad(x, (pad, pad))
-        frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop]
-        window = scipy.signal.get_window("hann", self.n_fft, fftbins=True).astype(np.float32)
-        spec = np.abs(np.fft.rfft(frames * window, axis=1)).T
+        spec = np.abs(librosa.stft(x, n_fft=self.n_fft, hop_length=self.hop))
         return np.log(spec + 1e-7).astype(np.float32)
 
 
@@ -120,7 +120,6 @@ for _name, _recipe in {
 
 
 def spectrogram(path: str | Path, recipe: str) -> np.ndarray:
-    """Spectrogram (freq x time) of a wav file under a named recipe."""
+    """Spectrogram (freq x time) of an audio file under a named recipe, loaded at the recipe's rate."""
     fn = get("audio_recipes", recipe)
-    x, rate = read_wav(path)
-    return fn(x, rate)
+    return fn(*load_audio(path, fn.rate))
