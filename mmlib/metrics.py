@@ -9,14 +9,20 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
-    """AP of one class: mean precision at the rank of each positive (scores sorted descending)."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    hits = positives[order].float()
-    n_pos = hits.sum()
+    """AP of one class: sum over distinct score thresholds (descending) of precision x recall increment, so tied
+    scores form one threshold (scikit-learn's ``average_precision_score``)."""
+    positives = positives.bool()
+    n_pos = int(positives.sum())
     if n_pos == 0:
         return float("nan")
-    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float32)
-    return float((precision * hits).sum() / n_pos)
+    order = torch.argsort(scores, descending=True, stable=True)
+    sorted_scores, hits = scores[order], positives[order].double()
+    last_of_tie = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last_of_tie[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    tp = hits.cumsum(0)[last_of_tie]
+    ranked = torch.nonzero(last_of_tie).flatten().double() + 1
+    recall_gain = torch.diff(tp, prepend=tp.new_zeros(1)) / n_pos
+    return float((recall_gain * tp / ranked).sum())
 
 
 def mean_average_precision(logits: torch.Tensor, labels: torch.Tensor) -> float:
