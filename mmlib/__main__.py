@@ -35,10 +35,6 @@ def cmd_prepare(args) -> int:
     else:
         path = dataset.prepare(root, recipe, size, args.skip_bad, **options)
     print(path)
-    # the validation split the runs will use, carved now so that training never writes into the data folder
-    from .data.cache import TensorCache
-    carved = TensorCache.load(path).carve_validation(root, cfg.val_fraction, cfg.split_seed)
-    print(Path(root) / carved.meta["val_file"])
     return 0
 
 

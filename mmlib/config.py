@@ -18,7 +18,9 @@ from typing import Any
 import yaml
 
 PROFILES = ("ci", "demo", "full")
-RESULTS_VERSION = 1  # part of every run's hash: bump when a code change alters training results
+# fields that never change a result: presentation switches, and where the data lives (its content is part of a
+# run's identity through the prepared cache's fingerprint, mmlib.experiments.run_identity)
+NOT_IDENTITY = ("train.progress", "data.root")
 
 
 @dataclass
@@ -90,10 +92,17 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def hash(self) -> str:
-        """Canonical hash of everything that changes a run's result."""
-        blob = json.dumps({"results_version": RESULTS_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def identity(self) -> dict:
+        """The result-relevant configuration: ``to_dict()`` without the ``NOT_IDENTITY`` fields."""
+        d = self.to_dict()
+        for key in NOT_IDENTITY:
+            section, name = key.split(".")
+            d[section].pop(name)
+        return d
+
+    def config_hash(self) -> str:
+        """Hash of ``identity()``. A run's hash also covers its data and code (mmlib.experiments.run_hash)."""
+        return stable_hash(self.identity())
 
     def replace(self, **dotted: Any) -> "ExperimentConfig":
         """A copy with dotted overrides, e.g. ``cfg.replace(**{"train.seed": 1})``."""
@@ -101,6 +110,12 @@ class ExperimentConfig:
         for key, value in dotted.items():
             set_dotted(d, key, value)
         return from_dict(ExperimentConfig, d)
+
+
+def stable_hash(obj: Any) -> str:
+    """First 16 hex digits of the sha256 of ``obj`` as canonical JSON."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

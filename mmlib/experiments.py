@@ -1,5 +1,9 @@
-"""Run store: ``run(cfg) -> RunRecord``, cached by the configuration's canonical hash.
+"""Run store: ``run(cfg) -> RunRecord``, cached by the run's identity.
 
+A run's identity (``run_identity``) is its result-relevant configuration (``ExperimentConfig.identity``: no
+presentation switches, no paths), the fingerprint of the prepared data's content and the version of the code
+that computes results (``mmlib.identity``); its hash names the run's folder. So a changed dataset or a changed
+trainer never serves an old record, and two clones of the project at different paths share their runs.
 ``<results_root>/<hash>/record.json`` is written atomically once a run finishes; an interrupted run resumes from
 ``<results_root>/<hash>/checkpoint.pt``. The results root is ``$MMLIB_RESULTS`` or ``results/`` beside params.yaml.
 """
@@ -9,19 +13,21 @@ import contextlib
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from .config import ExperimentConfig, find_params_file, from_dict
-from .data.cache import TensorCache, atomic_write_bytes
+from .config import ExperimentConfig, find_params_file, from_dict, stable_hash
+from .data.cache import CacheError, TensorCache, atomic_write_bytes, fingerprint_of
+from .identity import code_version, machine
 from .models.multimodal import build_model
+from .progress import progress_bar
 from .registry import get
 from .train import Trainer
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 
 @dataclass
@@ -37,6 +43,8 @@ class RunRecord:
     device: str
     precision: str
     train_seconds: float
+    identity: dict = field(default_factory=dict)  # {"data": content fingerprint, "code": code version}
+    machine: dict = field(default_factory=dict)  # CPU / GPU model, threads, versions (mmlib.identity.machine)
     path: str = ""
     version: int = RECORD_VERSION
 
@@ -65,12 +73,30 @@ def results_root() -> Path:
         return Path.cwd() / "results"
 
 
-def load_cache(cfg: ExperimentConfig) -> tuple[object, TensorCache]:
+def prepared_cache(cfg: ExperimentConfig) -> tuple[object, Path]:
+    """(dataset, path of its tensor cache), generating and preparing embedded data on first use."""
     dataset = get("datasets", cfg.data.dataset)()
     path = dataset.ensure_prepared(cfg.data.root, cfg.data.audio_recipe, cfg.data.image_size, cfg.data.skip_bad,
                                    generator=cfg.data.generator, text_length=cfg.data.text_length)
-    cache = TensorCache.load(path).carve_validation(cfg.data.root, cfg.data.val_fraction, cfg.data.split_seed)
+    return dataset, Path(path)
+
+
+def load_cache(cfg: ExperimentConfig) -> tuple[object, TensorCache]:
+    dataset, path = prepared_cache(cfg)
+    cache = TensorCache.load(path).carve_validation(cfg.data.val_fraction, cfg.data.split_seed)
     return dataset, cache
+
+
+def run_identity(cfg: ExperimentConfig) -> dict:
+    """What a run's result is a function of: the result-relevant config, the data's content fingerprint and the
+    code version (the data is prepared first if it is not yet)."""
+    _, path = prepared_cache(cfg)
+    return {"config": cfg.identity(), "data": fingerprint_of(path), "code": code_version()}
+
+
+def run_hash(cfg: ExperimentConfig) -> str:
+    """The name of a run's folder in the run store: the hash of its identity."""
+    return stable_hash(run_identity(cfg))
 
 
 def build(cfg: ExperimentConfig, cache: TensorCache, dataset) -> tuple[torch.nn.Module, object]:
@@ -137,28 +163,38 @@ def cpu_threads(threads: int):
 
 
 def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = False) -> RunRecord:
-    """Train ``cfg`` (or return its cached record)."""
-    run_dir = Path(root or results_root()) / cfg.hash()
+    """Train ``cfg`` (or return the record of the same run: same config, data content and code)."""
+    identity = run_identity(cfg)
+    run_id = stable_hash(identity)
+    run_dir = Path(root or results_root()) / run_id
     record_path = run_dir / "record.json"
     if record_path.is_file() and not force:
-        return RunRecord.load(record_path)
+        record = RunRecord.load(record_path)
+        if record.hash != run_id:
+            raise ValueError(f"{record_path}: holds the record of run {record.hash}, not of {run_id}; "
+                             f"remove {run_dir} and run again")
+        return record
     dataset, cache = load_cache(cfg)
+    if cache.meta.get("fingerprint") != identity["data"]:
+        raise CacheError(f"{cfg.data.root}: the tensor cache changed while this run started; run again")
     model, balancer = build(cfg, cache, dataset)
     if cfg.model.pretrain:
         load_pretrained_encoders(model, cfg, root)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_blob = json.dumps(cfg.to_dict(), indent=1, sort_keys=True)
+    config_blob = json.dumps({"identity": identity, "config": cfg.to_dict()}, indent=1, sort_keys=True)
     atomic_write_bytes(run_dir / "config.json", lambda tmp: tmp.write_text(config_blob))
     if force and (run_dir / "checkpoint.pt").exists():
         (run_dir / "checkpoint.pt").unlink()
     with cpu_threads(cfg.train.threads):
-        result = Trainer(cfg, model, balancer, cache, run_dir).fit()
+        result = Trainer(cfg, model, balancer, cache, run_dir, run_id=run_id).fit()
+        where = machine()
     record = RunRecord(
-        config=cfg.to_dict(), hash=cfg.hash(), data={
+        config=cfg.to_dict(), hash=run_id, data={
             "dataset": cfg.data.dataset, "embedded": bool(getattr(dataset, "embedded", False)),
             "audio_recipe": cfg.data.audio_recipe, "clips": len(cache),
             "train": len(cache.indices("train")), "val": len(cache.indices("val")),
             "test": len(cache.indices("test")), "classes": cache.meta["classes"]},
+        identity={"data": identity["data"], "code": identity["code"]}, machine=where,
         **{k: result[k] for k in ("final", "best_epoch", "select_on", "history", "steps", "device", "precision",
                                   "train_seconds")})
     blob = json.dumps(dataclasses.asdict(record), indent=1)
@@ -171,27 +207,33 @@ def _run_in_worker(cfg_dict: dict, root: str) -> str:
     return run(config_from(cfg_dict), root).path
 
 
-def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None, workers: int = 1) -> list[RunRecord]:
+def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None, workers: int = 1,
+          desc: str = "runs") -> list[RunRecord]:
     """Records of ``cfgs`` in order. Configurations without a record are trained once each, by ``workers``
-    processes when > 1 (set ``train.threads`` so that workers x threads fits the machine's cores)."""
+    processes when > 1 (set ``train.threads`` so that workers x threads fits the machine's cores). Progress
+    (runs done / to train, ETA) goes to the terminal or ``$MMLIB_PROGRESS`` (mmlib.progress), never to stdout."""
     cfgs = list(cfgs)
     root = Path(root or results_root())
-    todo = {c.hash(): c for c in cfgs if not (root / c.hash() / "record.json").is_file()}
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    ids = [run_hash(c) for c in cfgs]  # prepares each dataset here, once, before any worker reads it
+    todo = {h: c for h, c in zip(ids, cfgs) if not (root / h / "record.json").is_file()}
+    pre = {run_hash(s): s for c in todo.values() for s in pretrain_configs(c, c.data.modalities).values()}
+    pre = {h: s for h, s in pre.items() if not (root / h / "record.json").is_file() and h not in todo}
+    with progress_bar(len(pre) + len(todo), desc) as bar:
+        if workers > 1 and len(pre) + len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        prepared = set()
-        for cfg in todo.values():  # generate and prepare each dataset once, before the workers read it
-            key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-            if key not in prepared:
-                load_cache(cfg)
-                prepared.add(key)
-        pre = {s.hash(): s for c in todo.values() for s in pretrain_configs(c, c.data.modalities).values()
-               if not (root / s.hash() / "record.json").is_file()}
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for stage in (pre, todo):  # pre-training runs first: the others load their weights
-                list(pool.map(_run_in_worker, [c.to_dict() for c in stage.values()], [str(root)] * len(stage)))
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for stage in (pre, todo):  # pre-training runs first: the others load their weights
+                    futures = [pool.submit(_run_in_worker, c.to_dict(), str(root)) for c in stage.values()]
+                    for future in as_completed(futures):
+                        future.result()
+                        bar.update(1)
+        else:
+            for stage in (pre, todo):
+                for c in stage.values():
+                    run(c, root)
+                    bar.update(1)
     return [run(cfg, root) for cfg in cfgs]
 
 

@@ -16,7 +16,7 @@ import torch
 from .balancers.amss import significance
 from .balancers.base import Balancer, TrainInfo
 from .config import ExperimentConfig
-from .data.cache import TensorCache, atomic_write_bytes
+from .data.cache import TensorCache, save_torch
 from .data.loader import DeviceLoader, place_cache
 from .metrics import classification_metrics
 from .models.multimodal import MultimodalModel
@@ -45,10 +45,17 @@ def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
     raise ValueError(f"optim.name must be sgd, adam or adagrad, got {cfg.name!r}")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stops and nothing is recorded."""
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, model: MultimodalModel, balancer: Balancer, cache: TensorCache,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, run_id: str | None = None):
+        """``run_id`` names the run a checkpoint belongs to (mmlib.experiments.run_hash); default: the config's
+        hash."""
         self.cfg, self.balancer, self.cache = cfg, balancer, cache
+        self.run_id = run_id or cfg.config_hash()
         t = cfg.train
         self.device = pick_device(t.device)
         cuda = self.device.type == "cuda"
@@ -96,6 +103,7 @@ class Trainer:
         self.steps: dict[str, list[float]] = {}
         self.best = {"epoch": -1, "score": -1.0, "state": None}
         self.start_epoch = 0
+        self.seconds_before = 0.0  # training time of earlier segments of a resumed run
 
     def autocast(self):
         if self.precision == "bf16":
@@ -150,6 +158,11 @@ class Trainer:
         means = {}
         for k in keys:  # one host transfer per key and epoch
             values = torch.stack([s[k].detach().float() for s in states if k in s]).cpu()
+            if k == "loss" and not torch.isfinite(values).all():
+                step = int(torch.nonzero(~torch.isfinite(values))[0])
+                raise NonFiniteLossError(f"training loss is {float(values[step])} at epoch {epoch + 1}, step "
+                                         f"{step + 1} (balancer {self.cfg.balancer.name}, optim.lr "
+                                         f"{self.cfg.optim.lr}); the run is not recorded")
             self.steps.setdefault(k, []).extend(values.tolist())
             means[k] = float(values.mean())
         return means
@@ -176,8 +189,8 @@ class Trainer:
             if score > self.best["score"]:
                 state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 self.best = {"epoch": epoch, "score": score, "state": state}
-            self._checkpoint(epoch)
-        train_seconds = time.perf_counter() - t0
+            self._checkpoint(epoch, self.seconds_before + time.perf_counter() - t0)
+        train_seconds = self.seconds_before + time.perf_counter() - t0
         self.model.load_state_dict(self.best["state"])
         final = {"val": self.evaluate("val"), "test": self.evaluate("test")}
         return {"final": final, "best_epoch": self.best["epoch"], "select_on": select, "history": self.history,
@@ -188,24 +201,24 @@ class Trainer:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
 
     # ----------------------------------------------------------------------------------------------- resumption
-    def _checkpoint(self, epoch: int) -> None:
+    def _checkpoint(self, epoch: int, train_seconds: float) -> None:
         if self.run_dir is None:
             return
         blob = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "balancer": self.balancer.state_dict(),
                 "rng": torch.get_rng_state(), "history": self.history, "steps": self.steps,
-                "best": self.best, "config_hash": self.cfg.hash()}
+                "best": self.best, "run_id": self.run_id, "train_seconds": train_seconds}
         if self.device.type == "cuda":
             blob["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        atomic_write_bytes(self.run_dir / "checkpoint.pt", lambda tmp: torch.save(blob, tmp))
+        save_torch(blob, self.run_dir / "checkpoint.pt")
 
     def _resume(self) -> None:
         path = self.run_dir / "checkpoint.pt" if self.run_dir else None
         if path is None or not path.is_file():
             return
         blob = torch.load(path, weights_only=True, map_location=self.device)
-        if blob["config_hash"] != self.cfg.hash():
-            raise ValueError(f"{path} belongs to another configuration ({blob['config_hash']})")
+        if blob.get("run_id") != self.run_id:
+            raise ValueError(f"{path} belongs to another run ({blob.get('run_id')}, not {self.run_id}); remove it")
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
@@ -217,3 +230,4 @@ class Trainer:
         self.best = blob["best"]
         self.best["state"] = {k: v.cpu() for k, v in self.best["state"].items()}
         self.start_epoch = blob["epoch"] + 1
+        self.seconds_before = float(blob.get("train_seconds", 0.0))

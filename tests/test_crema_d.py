@@ -32,13 +32,18 @@ def test_cache_shapes_and_contents(prepared_layout):
     assert cache.meta["classes"] == list(LABELS) and cache.meta["audio_recipe"] == "stft_129x94"
 
 
-def test_validation_split_is_stratified_seeded_and_saved(prepared_layout):
+def test_validation_split_is_stratified_seeded_and_in_memory(prepared_layout):
+    before = sorted(prepared_layout.rglob("*"))
     cache = TensorCache.load(prepared_layout / "cache" / "stft_129x94_img32.pt")
-    a = cache.carve_validation(prepared_layout, 0.25, seed=3)
-    saved = prepared_layout / "val_seed3_frac0.25.csv"
-    assert saved.is_file()
-    b = cache.carve_validation(prepared_layout, 0.25, seed=3)
-    assert (a.tensors["split"] == b.tensors["split"]).all()
+    a = cache.carve_validation(0.25, seed=3)
+    b = cache.carve_validation(0.25, seed=3)
+    assert (a.tensors["split"] == b.tensors["split"]).all() and a.validation_clips() == b.validation_clips()
+    assert a.validation_clips() != cache.carve_validation(0.25, seed=4).validation_clips()
+    assert sorted(prepared_layout.rglob("*")) == before  # nothing written beside the data
+    labels = a.tensors["label"]
+    for c in labels[cache.indices("train")].unique():  # stratified: each class gives its share
+        n = int((labels[cache.indices("train")] == c).sum())
+        assert int((labels[a.indices("val")] == c).sum()) == round(0.25 * n)
     n_train = len(cache.indices("train"))
     assert 0 < len(a.indices("val")) < n_train
     assert len(a.indices("test")) == len(cache.indices("test"))  # test is never touched
@@ -85,14 +90,14 @@ def _first_clip(root):
 def test_corrupt_wav_names_file(crema_copy):
     clip = _first_clip(crema_copy)
     (crema_copy / "AudioWAV" / f"{clip}.wav").write_bytes(b"RIFF\x00\x00garbage")
-    with pytest.raises(LayoutError, match=rf"{clip}\.wav: not a readable wav"):
+    with pytest.raises(LayoutError, match=rf"{clip}\.wav: not a readable audio file"):
         build_cache(crema_copy, "stft_129x94", 32)
 
 
 def test_empty_wav_names_file(crema_copy):
     clip = _first_clip(crema_copy)
     scipy.io.wavfile.write(crema_copy / "AudioWAV" / f"{clip}.wav", 16000, np.zeros(0, dtype=np.int16))
-    with pytest.raises(LayoutError, match=rf"{clip}\.wav: wav file holds no samples"):
+    with pytest.raises(LayoutError, match=rf"{clip}\.wav: audio file holds no samples"):
         build_cache(crema_copy, "stft_129x94", 32)
 
 

@@ -171,7 +171,7 @@ def test_clip_without_media_skipped_and_reported(ks_copy, capsys):
 def test_corrupt_wav_names_file(ks_copy):
     clip = _first_clip(ks_copy)
     (ks_copy / "audio" / f"{clip}.wav").write_bytes(b"RIFF\x00\x00garbage")
-    with pytest.raises(LayoutError, match=rf"{clip}\.wav: not a readable wav"):
+    with pytest.raises(LayoutError, match=rf"{clip}\.wav: not a readable audio file"):
         build_cache(ks_copy, RECIPE, 16)
 
 

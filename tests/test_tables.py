@@ -73,7 +73,7 @@ def test_every_amss_section_resolves_and_shares_baselines(profile):
         configs = {k: tables.cell_config(params, c, 0, name) for k, c in cells.items() if not c.pending}
         outs = str(Path(params["root"]) / "data" / "embedded" / profile / "amss")
         assert all(str(Path(c.data.root).parent) == outs for c in configs.values()), name
-        hashes[name] = {k: c.hash() for k, c in configs.items()}
+        hashes[name] = {k: c.config_hash() for k, c in configs.items()}
     assert hashes["amss_02_table2"][("Concat", "KS/acc")] == hashes["amss_06_table6"][("Baseline", "KS/acc")] \
         == hashes["amss_09_fig4"][("Baseline", "KS")]
     assert hashes["amss_02_table2"][("AMSS+", "Sarcasm/acc")] == hashes["amss_07_table7"][("AMSS+", "Sarcasm/acc")]
@@ -156,7 +156,7 @@ def test_grid_keeps_labels_and_seeds_in_order(make_config, prepared_layout, tmp_
 
 def test_threads_are_hashed_and_restored(make_config, prepared_layout, tmp_path):
     cfg = make_config(prepared_layout, **{"train.epochs": 1, "train.threads": 1})
-    assert cfg.hash() != cfg.replace(**{"train.threads": 2}).hash()
+    assert cfg.config_hash() != cfg.replace(**{"train.threads": 2}).config_hash()
     before = torch.get_num_threads()
     experiments.run(cfg, root=tmp_path)
     assert torch.get_num_threads() == before
@@ -174,7 +174,7 @@ def test_pretrain_starts_encoders_from_unimodal_runs(make_config, prepared_layou
     dataset, cache = experiments.load_cache(cfg)
     model, _ = experiments.build(cfg, cache, dataset)
     experiments.load_pretrained_encoders(model, cfg, tmp_path)
-    state = torch.load(tmp_path / subs["visual"].hash() / "checkpoint.pt", weights_only=True)["best"]["state"]
+    state = torch.load(tmp_path / experiments.run_hash(subs["visual"]) / "checkpoint.pt", weights_only=True)["best"]["state"]
     for name, p in model.encoders["visual"].state_dict().items():
         assert torch.equal(p, state[f"encoders.visual.{name}"]), name
     rec = experiments.run(cfg, root=tmp_path)

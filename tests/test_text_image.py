@@ -137,7 +137,7 @@ def test_cache_shapes_dtypes_and_meta(t15):
     assert len(set(m["clips"])) == 48
     mean, std = m["normalize"]["image"]
     assert len(mean) == len(std) == 3 and all(0 < v < 1 for v in mean + std)
-    carved = cache.carve_validation(t15, 0.2, seed=0)  # clip ids are valid validation keys
+    carved = cache.carve_validation(0.2, seed=0)  # clip ids are valid validation keys
     assert len(carved.indices("val")) > 0
 
 

@@ -24,13 +24,13 @@ def test_run_trains_and_records(make_config, prepared_layout, tmp_path):
     assert len(rec.steps["loss"]) == 2 * (rec.data["train"] // 8)
 
 
-def test_run_is_cached_by_config_hash(make_config, prepared_layout, tmp_path, monkeypatch):
+def test_run_is_cached_by_its_identity(make_config, prepared_layout, tmp_path, monkeypatch):
     cfg = make_config(prepared_layout, **{"train.epochs": 1})
     first = experiments.run(cfg, root=tmp_path)
     monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a cached run must not train again"))
     second = experiments.run(cfg, root=tmp_path)
-    assert second.final == first.final and second.hash == cfg.hash()
-    assert cfg.replace(**{"train.seed": 1}).hash() != cfg.hash()
+    assert second.final == first.final and second.hash == experiments.run_hash(cfg)
+    assert experiments.run_hash(cfg.replace(**{"train.seed": 1})) != experiments.run_hash(cfg)
 
 
 def test_cpu_training_is_deterministic(make_config, prepared_layout, tmp_path):
@@ -54,7 +54,7 @@ def test_resume_after_interruption_gives_same_result(make_config, prepared_layou
     monkeypatch.setattr(Trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         experiments.run(cfg, root=tmp_path / "resumed")
-    run_dir = tmp_path / "resumed" / cfg.hash()
+    run_dir = tmp_path / "resumed" / experiments.run_hash(cfg)
     assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "record.json").exists()
     monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
     resumed = experiments.run(cfg, root=tmp_path / "resumed")

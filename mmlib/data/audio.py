@@ -46,7 +46,8 @@ def load_audio(path: str | Path, rate: int | None = None) -> tuple[np.ndarray, i
             raise MediaError(f"{path}: audio holds non-finite samples (NaN or inf)") from err
         raise MediaError(f"{path}: not usable audio ({err})") from err
     except Exception as err:  # soundfile / audioread raise many types on corrupt or unknown files
-        raise MediaError(f"{path}: not a readable audio file ({type(err).__name__}: {err})") from err
+        reason = str(err) or "libsndfile cannot decode it and no other audio backend is installed"
+        raise MediaError(f"{path}: not a readable audio file ({reason})") from err
     if x.size == 0:
         raise MediaError(f"{path}: audio file holds no samples")
     return x.astype(np.float32, copy=False), int(sr)

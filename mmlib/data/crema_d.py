@@ -3,7 +3,7 @@
 
 ``prepare`` validates the layout, extracts frames at 1 fps, turns audio into a spectrogram by a named recipe
 and writes the tensor cache ``<root>/cache/<recipe>_img<size>.pt``. The validation split is carved from train
-(stratified, seeded) when a run loads the cache, and saved beside the data as ``val_seed<S>_frac<F>.csv``.
+(stratified, seeded) in memory when a run loads the cache.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from ..registry import register
 from .audio import spectrogram
-from .cache import TensorCache, SPLIT_CODES
+from .cache import SPLIT_CODES, TensorCache, require_prepared
 from .layout import LayoutError, decode_all, report_bad
 from .video import extract_frames, pad_clips
 
@@ -119,7 +119,4 @@ class CremaD:
     def ensure_prepared(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
                         **_) -> Path:
         path = self.cache_path(root, recipe, image_size)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no tensor cache; run "
-                                    f"`python -m mmlib prepare --dataset crema_d --root {root}`")
-        return path
+        return require_prepared(path, "crema_d", root)

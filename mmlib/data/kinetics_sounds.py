@@ -25,7 +25,7 @@ import torch
 
 from ..registry import register
 from .audio import MediaError, spectrogram
-from .cache import SPLIT_CODES, TensorCache
+from .cache import SPLIT_CODES, TensorCache, require_prepared
 from .layout import LayoutError, decode_all, report_bad
 from .video import pad_clips
 
@@ -205,7 +205,4 @@ class KineticsSounds:
     def ensure_prepared(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
                         **_) -> Path:
         path = self.cache_path(root, recipe, image_size)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no tensor cache; run "
-                                    f"`python -m mmlib prepare --dataset {self.name} --root {root}`")
-        return path
+        return require_prepared(path, self.name, root)

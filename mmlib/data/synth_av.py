@@ -22,7 +22,7 @@ import scipy.io.wavfile
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes, ensure_generated
+from .cache import atomic_write_bytes, ensure_generated, is_prepared
 from .crema_d import LABELS, CremaD
 
 GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
@@ -203,6 +203,6 @@ class SynthAV(CremaD):
         root = Path(root)
         ensure_generated(root, "synth_av.txt", cfg, generate, "synth_av")
         path = self.cache_path(root, recipe, image_size)
-        if not path.is_file():
+        if not is_prepared(path):
             self.prepare(root, recipe, image_size, skip_bad)
         return path

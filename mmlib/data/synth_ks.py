@@ -29,7 +29,7 @@ import scipy.io.wavfile
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes, ensure_generated
+from .cache import atomic_write_bytes, ensure_generated, is_prepared
 from .kinetics_sounds import AUDIO_DIR, CLASSES_FILE, FRAME_DIR, LABELS, SPLIT_FILES, KineticsSounds
 
 GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
@@ -194,6 +194,6 @@ class SynthKS(KineticsSounds):
         root = Path(root)
         ensure_generated(root, STAMP, cfg, generate, "synth_ks")
         path = self.cache_path(root, recipe, image_size)
-        if not path.is_file():
+        if not is_prepared(path):
             self.prepare(root, recipe, image_size, skip_bad)
         return path

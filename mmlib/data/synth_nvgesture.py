@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes, ensure_generated
+from .cache import atomic_write_bytes, ensure_generated, is_prepared
 from .nvgesture import LABELS, LIST_FILES, NVGesture
 
 GENERATOR_VERSION = 1  # bump when a change to the generator changes the media it writes
@@ -175,6 +175,6 @@ class SynthNVGesture(NVGesture):
         root = Path(root)
         ensure_generated(root, STAMP, cfg, generate, "synth_nvgesture")
         path = self.cache_path(root, recipe, image_size, frames=cfg.frames)
-        if not path.is_file():
+        if not is_prepared(path):
             self.prepare(root, recipe, image_size, skip_bad, frames=cfg.frames)
         return path

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import from_dict
 from ..registry import register
-from .cache import atomic_write_bytes, ensure_generated
+from .cache import atomic_write_bytes, ensure_generated, is_prepared
 from .text_image import Sarcasm, Twitter15
 
 GENERATOR_VERSION = 1  # bump when a change to the generator changes what it writes
@@ -169,7 +169,7 @@ class _Embedded:
         root = Path(root)
         ensure_generated(root, STAMP, cfg, generate, self.name)
         path = self.cache_path(root, recipe, image_size, tokenizer=tokenizer, **options)
-        if not path.is_file():
+        if not is_prepared(path):
             self.prepare(root, recipe, image_size, skip_bad, tokenizer=tokenizer, **options)
         return path
 

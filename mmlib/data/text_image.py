@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..registry import register
-from .cache import SPLIT_CODES, TensorCache, atomic_write_bytes
+from .cache import SPLIT_CODES, TensorCache, atomic_write_bytes, require_prepared
 from .layout import LayoutError, decode_all, report_bad
 
 REQUIRED_COLUMNS = ("Label", "String", "ImageID")
@@ -254,10 +254,7 @@ class TextImageDataset:
                         skip_bad: bool = False, **options) -> Path:
         options.pop("generator", None)
         path = self.cache_path(root, recipe, image_size, **options)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no tensor cache; run "
-                                    f"`python -m mmlib prepare --dataset {self.name} --root {root}`")
-        return path
+        return require_prepared(path, self.name, root)
 
 
 @register("datasets", "sarcasm")
