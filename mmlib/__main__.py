@@ -1,4 +1,4 @@
-"""Command line: python -m mmlib {list,prepare,train,sweep,bench}."""
+"""Command line: python -m mmlib {list,prepare,train,show,notebook,bench}."""
 from __future__ import annotations
 
 import argparse
@@ -48,7 +48,7 @@ def _config(args):
         base = experiment_config(load_params(args.profile)).to_dict() if args.profile else {}
         cfg = from_dict(ExperimentConfig, deep_merge(base, d))
         return cfg.replace(**overrides) if overrides else cfg
-    return experiment_config(load_params(args.profile or "demo"), args.section, **overrides)
+    return experiment_config(load_params(args.profile), args.section, **overrides)
 
 
 def cmd_train(args) -> int:
@@ -57,6 +57,39 @@ def cmd_train(args) -> int:
     print(record.path)
     print(json.dumps({"test": record.final["test"], "val": record.final["val"], "best_epoch": record.best_epoch,
                       "select_on": record.select_on, "data": record.data}, indent=1))
+    return 0
+
+
+def cmd_show(args) -> int:
+    """The resolved configuration of a table cell (or of --profile/--section/--set) and its run identity."""
+    import yaml
+
+    from .config import load_params, stable_hash
+    from .experiments import results_root, run_identity
+    if args.cell:
+        from . import tables
+        if not args.section:
+            raise ValueError("--cell needs --section (a params.yaml table section, e.g. amss_02_table2)")
+        params = load_params(args.profile)
+        cell = tables.make_cell(params[args.section], *args.cell)
+        cfg = tables.cell_config(params, cell, args.seed, args.section)
+    else:
+        cfg = _config(args)
+    identity = run_identity(cfg)
+    run_id = stable_hash(identity)
+    record = results_root() / run_id / "record.json"
+    print(yaml.safe_dump({"config": cfg.to_dict()}, sort_keys=False, allow_unicode=True).rstrip())
+    print(yaml.safe_dump({"identity": {"config_hash": cfg.config_hash(), "data_fingerprint": identity["data"],
+                                       "code_version": identity["code"], "run_hash": run_id,
+                                       "record": str(record) if record.is_file() else "not trained yet"}},
+                         sort_keys=False).rstrip())
+    return 0
+
+
+def cmd_notebook(args) -> int:
+    from .config import load_params
+    from .notebooks import run_notebook
+    print(run_notebook(args.path, args.profile or load_params()["profile"], args.reports_dir))
     return 0
 
 
@@ -73,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", help="registered dataset name")
     p.add_argument("--root", help="directory in the dataset's public layout")
     p.add_argument("--setup", help="a params.yaml setup: its dataset, root, recipe and generator (profile-aware)")
-    p.add_argument("--profile", default="demo", help="params.yaml profile for defaults (recipe, image size)")
+    p.add_argument("--profile", help="params.yaml profile for defaults (recipe, image size; default: "
+                                      "params.yaml's `profile`)")
     p.add_argument("--recipe", help="audio recipe (default: params.yaml base.data.audio_recipe)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--skip-bad", action="store_true", help="report and skip bad clips instead of stopping")
@@ -82,11 +116,29 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train one configuration (cached by its hash); prints the record path "
                                      "and final metrics as JSON")
     p.add_argument("--config", help="YAML ExperimentConfig (merged over --profile's base when given)")
-    p.add_argument("--profile", help="params.yaml profile (default demo when no --config)")
+    p.add_argument("--profile", help="params.yaml profile (default: params.yaml's `profile`, when no --config)")
     p.add_argument("--section", help="params.yaml section whose `experiment` overrides apply")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=3")
     p.add_argument("--force", action="store_true", help="retrain even if a record exists")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("show", help="a configuration (a table cell's with --section/--cell) resolved, with its "
+                                    "run identity: config hash, data fingerprint, code version, run hash, record "
+                                    "(embedded data is generated and prepared first if needed)")
+    p.add_argument("--profile", help="params.yaml profile (default: params.yaml's `profile`)")
+    p.add_argument("--section", help="params.yaml section (a table section with --cell)")
+    p.add_argument("--cell", nargs=2, metavar=("ROW", "COLUMN"), help="a table cell, e.g. AMSS KS/acc")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cell's run (default 0)")
+    p.add_argument("--config", help="YAML ExperimentConfig (merged over --profile's base when given)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=3")
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("notebook", help="execute a notebook with papermill into reports/<profile>/... (what each "
+                                        "dvc stage runs), showing the sweeps' progress on the terminal")
+    p.add_argument("path", help="e.g. notebooks/amss/amss_02_table2.ipynb")
+    p.add_argument("--profile", help="params.yaml profile (default: params.yaml's `profile`)")
+    p.add_argument("--reports-dir", default="reports", help="reports root, relative to the project")
+    p.set_defaults(fn=cmd_notebook)
 
     p = sub.add_parser("bench", help="throughput benchmark on the current device; writes bench.json")
     bench.add_arguments(p)
@@ -95,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -182,12 +182,14 @@ def find_params_file(start: Path | None = None) -> Path:
     raise FileNotFoundError(f"no params.yaml in {here} or any parent directory")
 
 
-def load_params(profile: str = "demo", path: str | Path | None = None) -> dict:
-    """The whole params.yaml with ``profiles[profile]`` merged over it. Keys ``profile`` and ``root`` are added."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
+def load_params(profile: str | None = None, path: str | Path | None = None) -> dict:
+    """The whole params.yaml with ``profiles[profile]`` merged over it; ``profile`` defaults to the file's
+    top-level ``profile`` (what ``dvc repro`` runs). Keys ``profile`` and ``root`` are set."""
     path = Path(path) if path else find_params_file()
     raw = yaml.safe_load(path.read_text()) or {}
+    profile = profile or raw.get("profile") or "demo"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
     profiles = raw.pop("profiles", {}) or {}
     missing = [p for p in PROFILES if p not in profiles]
     if missing:

@@ -255,5 +255,5 @@ def grid(params: dict, section: str, methods: dict[str, dict], seeds: list[int],
         cfgs[label] = [experiment_config(params, section, **{"balancer.name": spec["name"],
                                                              "balancer.params": spec.get("params", {}),
                                                              "train.seed": seed}, **dotted) for seed in seeds]
-    records = iter(sweep([c for cs in cfgs.values() for c in cs], workers=workers))
+    records = iter(sweep([c for cs in cfgs.values() for c in cs], workers=workers, desc=section))
     return {label: [next(records) for _ in cs] for label, cs in cfgs.items()}

@@ -1,7 +1,9 @@
 """Reported numbers from papers, stored as YAML under ``data/paper/<paper>/<artifact>.yaml``.
 
 Each file holds ``source``, ``caption``, ``columns`` (metric names in order), ``rows`` (each with
-``method``, ``values`` {column: number or null} and optional ``marks`` {column: marker}) and ``notes``.
+``method``, ``values`` {column: number or null} and optional ``marks`` {column: marker}), ``notes`` and
+``claims``: the paper's qualitative "A beats B" statements that the notebook checks on our numbers, each
+``[better, worse, column]`` or ``[better, worse, [column, ...]]`` (column names of the notebook's table).
 Figures without numeric content have empty ``rows`` / ``values``.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ class PaperTable:
     notes: str = ""
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    claims: list[tuple[str, str, str]] = field(default_factory=list)  # (better, worse, column)
 
     @property
     def methods(self) -> list[str]:
@@ -115,10 +118,21 @@ def _parse(doc: Any, path: Path) -> PaperTable:
         for col in marks:
             if col not in columns:
                 raise PaperTableError(f"{where}: mark on unknown column {col!r}")
-    known = {"source", "caption", "columns", "rows", "notes"}
+    known = {"source", "caption", "columns", "rows", "notes", "claims"}
     return PaperTable(source=doc["source"], caption=doc["caption"], columns=list(columns), rows=rows,
-                      notes=str(doc.get("notes") or ""), path=path,
+                      notes=str(doc.get("notes") or ""), path=path, claims=_parse_claims(doc.get("claims"), path),
                       extra={k: v for k, v in doc.items() if k not in known})
+
+
+def _parse_claims(raw: Any, path: Path) -> list[tuple[str, str, str]]:
+    claims = []
+    for i, item in enumerate(raw or []):
+        ok = isinstance(item, list) and len(item) == 3 and all(isinstance(x, str) for x in item[:2])
+        columns = item[2] if ok and isinstance(item[2], list) else ([item[2]] if ok else [])
+        if not ok or not columns or not all(isinstance(c, str) for c in columns):
+            raise PaperTableError(f"{path}: claims[{i}] must be [better, worse, column or [columns]], got {item!r}")
+        claims.extend((item[0], item[1], c) for c in columns)
+    return claims
 
 
 def load_paper_table(paper: str, artifact: str, root: str | Path | None = None) -> PaperTable:

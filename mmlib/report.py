@@ -1,6 +1,8 @@
 """Tables, figures and metrics files for the notebooks: ours (mean ± std over seeds) beside the paper's.
 
-Everything written here carries the data name and profile that produced it.
+Everything written here carries the data name and profile that produced it, and the machine (numbers move a
+little between CPU models and thread counts; the claims, not the digits, are what reproduce). ``metrics.json``
+has flat keys (``"<row> | <column>"``...), so ``dvc metrics show`` / ``dvc metrics diff`` read it as it is.
 """
 from __future__ import annotations
 
@@ -31,9 +33,13 @@ def banner(params: dict, seeds: list[int] | None = None) -> str:
 
 
 def stage_dir(params: dict, stage: str, reports_dir: str = "reports") -> Path:
-    """``<project>/<reports_dir>/<stage>``. DVC runs write to ``reports/``; interactive and nbval runs of a
-    notebook default to ``results/notebooks/`` so they never overwrite the pipeline's reports."""
-    path = Path(params["root"]) / reports_dir / stage
+    """``<project>/<reports_dir>/<profile>/[<paper>/]<stage>``: one folder per profile, so profiles never
+    overwrite each other; ``<paper>`` is the first part of the section's ``paper`` (the notebook's folder). DVC
+    runs write to ``reports/``; interactive and nbval runs default to ``results/notebooks/`` so they never
+    overwrite the pipeline's reports."""
+    paper = (params.get(stage) or {}).get("paper", "")
+    group = paper.split("/")[0] if paper else ""
+    path = Path(params["root"]) / reports_dir / params["profile"] / group / stage
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -43,22 +49,28 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def summary_table(records: Mapping[str, list[RunRecord]],
-                  columns: Mapping[str, Callable[[RunRecord], float | None]], scale: float = 100.0) -> pd.DataFrame:
-    """One row per label, one column per metric: ``mean ± std`` over the label's runs (in percent)."""
+def summary_numbers(records: Mapping[str, list[RunRecord]],
+                    columns: Mapping[str, Callable[[RunRecord], float | None]], scale: float = 100.0) -> pd.DataFrame:
+    """One row per label: each column's mean over the label's runs and ``<column> std`` (in percent; NaN where
+    a run has no such number)."""
     rows = {}
     for label, recs in records.items():
         row = {}
         for col, fn in columns.items():
-            vals = [fn(r) for r in recs]
-            vals = [v for v in vals if v is not None]
-            if not vals:
-                row[col] = "–"
-                continue
-            m, s = mean_std([v * scale for v in vals])
-            row[col] = f"{m:.1f} ± {s:.1f}" if len(vals) > 1 else f"{m:.1f}"
+            vals = [v * scale for v in (fn(r) for r in recs) if v is not None]
+            row[col], row[f"{col} std"] = mean_std(vals) if vals else (np.nan, np.nan)
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def summary_table(records: Mapping[str, list[RunRecord]],
+                  columns: Mapping[str, Callable[[RunRecord], float | None]], scale: float = 100.0) -> pd.DataFrame:
+    """One row per label, one column per metric: ``mean ± std`` over the label's runs (in percent)."""
+    numbers = summary_numbers(records, columns, scale)
+    counts = {label: len(recs) for label, recs in records.items()}
+    text = {col: [("–" if np.isnan(m) else f"{m:.1f} ± {s:.1f}" if counts[label] > 1 else f"{m:.1f}")
+                  for label, m, s in zip(numbers.index, numbers[col], numbers[f"{col} std"])] for col in columns}
+    return pd.DataFrame(text, index=numbers.index)
 
 
 def modality_acc(modality: str, protocol: str = "zero_feature", split: str = "test"):
@@ -71,11 +83,12 @@ def modality_acc(modality: str, protocol: str = "zero_feature", split: str = "te
     return value
 
 
-def save_table(df: pd.DataFrame, out_dir: Path, caption: str, name: str = "table") -> None:
-    """``<name>.md`` (caption line + markdown table) and ``<name>.csv``."""
+def save_table(df: pd.DataFrame, out_dir: Path, caption: str, name: str = "table", csv: bool = True) -> None:
+    """``<name>.md`` (caption line + markdown table) and, with ``csv``, ``<name>.csv``."""
     md = f"{caption}\n\n{df.to_markdown()}\n"
     atomic_write_bytes(out_dir / f"{name}.md", lambda tmp: tmp.write_text(md))
-    atomic_write_bytes(out_dir / f"{name}.csv", lambda tmp: df.to_csv(tmp))
+    if csv:
+        atomic_write_bytes(out_dir / f"{name}.csv", lambda tmp: df.to_csv(tmp))
 
 
 def _clean(obj):
@@ -90,11 +103,37 @@ def _clean(obj):
     return obj
 
 
-def write_metrics(out_dir: Path, metrics: dict) -> Path:
-    path = out_dir / "metrics.json"
-    blob = json.dumps(_clean(metrics), indent=1, sort_keys=True)
+def flatten(nested: Mapping, prefix: str = "", sep: str = " | ") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a | b": 1}``; lists of scalars become one space-separated string."""
+    out = {}
+    for key, value in nested.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        elif isinstance(value, (list, tuple)):
+            out[name] = " ".join(str(v) for v in value)
+        else:
+            out[name] = value
+    return out
+
+
+def provenance() -> dict:
+    """``machine | ...`` and ``code`` entries: where and by which code a report was produced."""
+    from .identity import code_version, machine
+
+    return {"code": code_version(), **flatten({"machine": machine()})}
+
+
+def write_json(out_dir: Path, name: str, content: dict) -> Path:
+    path = out_dir / name
+    blob = json.dumps(_clean(content), indent=1, sort_keys=True)
     atomic_write_bytes(path, lambda tmp: tmp.write_text(blob + "\n"))
     return path
+
+
+def write_metrics(out_dir: Path, metrics: dict) -> Path:
+    """``metrics.json``: ``metrics`` flattened to ``"a | b"`` keys, with the machine and code version."""
+    return write_json(out_dir, "metrics.json", {**flatten(metrics), **provenance()})
 
 
 def curve(record: RunRecord, split: str, key: Callable[[dict], float]) -> tuple[list[int], list[float]]:
@@ -112,6 +151,71 @@ def mean_curve(records: list[RunRecord], split: str, key: Callable[[dict], float
     n = min(len(c[0]) for c in curves)
     ys = np.array([c[1][:n] for c in curves])
     return np.asarray(curves[0][0][:n]), ys.mean(0), ys.std(0)
+
+
+# axis label (with its unit) of each table metric
+METRIC_LABELS = {"acc": "test accuracy (%)", "map": "test mAP (%)", "macf1": "test macro-F1 (%)",
+                 "f1": "test macro-F1 (%)", "overhead_min": "training time (minutes)",
+                 "epoch_s": "training time per epoch (s)", "mean_rho1": "mean update ratio ρ of modality 1",
+                 "mean_rho2": "mean update ratio ρ of modality 2", "mean_rho3": "mean update ratio ρ of modality 3"}
+
+
+def wrapped_title(fig, text: str, width: int = 150, fontsize: int = 8) -> None:
+    """A figure title wrapped to ``width`` characters, laid out above the panels (constrained layout)."""
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=fontsize)
+
+
+def comparison_figure(results: dict, title: str, columns: list[str] | None = None, per_row: int = 4):
+    """One panel per column of ours (``tables.ours_columns``): our mean ± std over seeds per row (bars) and the
+    paper's value (black diamonds; the scales differ: other data, other models), the axis in the metric's unit."""
+    import matplotlib.pyplot as plt
+
+    from .tables import ours_columns
+
+    columns = columns or ours_columns(results)
+    rows = list(results)
+    ncols = min(per_row, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 0.24 * len(rows) * nrows + 1.4 * nrows + 0.8),
+                             squeeze=False, sharey=True, layout="constrained")
+    y = np.arange(len(rows))
+    for ax, col in zip(axes.flat, columns):
+        cells = [results[r].get(col) or {} for r in rows]
+        ours = np.array([np.nan if c.get("mean") is None else c["mean"] for c in cells], dtype=float)
+        err = np.array([c.get("std") or 0.0 for c in cells], dtype=float)
+        theirs = np.array([np.nan if c.get("paper") is None else c["paper"] for c in cells], dtype=float)
+        seeds = max((c.get("seeds") or 0 for c in cells), default=0)
+        metric = next((c["metric"] for c in cells if c.get("metric")), "acc")
+        ax.barh(y, ours, xerr=err, color="C0", alpha=0.75, label=f"ours (mean ± std, {seeds} seeds)")
+        if np.isfinite(theirs).any():
+            ax.plot(theirs, y, "kD", ms=4, label="paper (their data)")
+        finite = np.concatenate([ours[np.isfinite(ours)] - err[np.isfinite(ours)], theirs[np.isfinite(theirs)],
+                                 ours[np.isfinite(ours)] + err[np.isfinite(ours)]])
+        if finite.size:
+            lo, hi = finite.min(), finite.max()
+            pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+            ax.set_xlim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+        for i, c in enumerate(cells):
+            if c.get("pending"):
+                ax.annotate("pending", (0.02, i), xycoords=("axes fraction", "data"), va="center", fontsize=6,
+                            color="grey")
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.flat[len(columns):]:
+        ax.axis("off")
+    axes[0, 0].set_yticks(y, rows)
+    axes[0, 0].invert_yaxis()
+    legend = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=2, fontsize=7)
+    wrapped_title(fig, title)
+    return fig
 
 
 def save_figure(fig, out_dir: Path, name: str = "figure") -> Path:

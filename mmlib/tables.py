@@ -163,7 +163,7 @@ def run_cells(params: dict, section_name: str, cells: dict, seeds: list[int] | N
     workers = workers or params.get("replication", {}).get("workers", 1)
     configs = {key: [cell_config(params, cell, s, section_name) for s in seeds]
                for key, cell in cells.items() if not cell.pending}
-    records = iter(sweep([c for cs in configs.values() for c in cs], workers=workers))
+    records = iter(sweep([c for cs in configs.values() for c in cs], workers=workers, desc=section_name))
     return {key: [next(records) for _ in cs] for key, cs in configs.items()}
 
 
@@ -176,105 +176,131 @@ def _fmt(mean: float, std: float | None, n: int, metric: str) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
-def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(wide table 'ours (paper)', long table, metrics) for the cells of one paper table.
+# metrics where a larger value is a better method (the rankings and "best row" compare these only)
+HIGHER_IS_BETTER = ("acc", "map", "macf1", "f1")
 
-    metrics: ``{row: {column: our mean, column + "_std": std over seeds, column + "_seeds": their number,
-    "paper_" + column: the paper's value}}``; a pending cell holds None and ``"pending_" + column`` with the reason.
+
+def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(wide table 'ours (paper)', long table, results) for the cells of one paper table.
+
+    results: ``{row: {column: {"mean", "std", "seeds", "values" (one per seed), "metric", "paper"}}}``, ours in
+    the metric's unit (percent for accuracies), ``paper`` the paper's value (None where it prints none); a
+    pending cell has ``mean`` None and ``pending`` (the reason).
     """
     values = cell_values(cells, runs)
     rows_order = [r for r in paper.methods if any(k[0] == r for k in cells)]
     rows_order += [k[0] for k in cells if k[0] not in rows_order]
     cols_order = [c for c in paper.columns if any(k[1] == c for k in cells)]
     cols_order += [k[1] for k in cells if k[1] not in cols_order]
-    wide = pd.DataFrame("", index=pd.Index(rows_order, name="method"), columns=cols_order)
-    long_rows, metrics = [], {}
+    wide = pd.DataFrame("", index=pd.Index(list(dict.fromkeys(rows_order)), name="method"),
+                        columns=list(dict.fromkeys(cols_order)))
+    long_rows, results = [], {}
     for (row, col), cell in cells.items():
         paper_value = paper.value(row, col) if row in paper.methods and col in paper.columns else None
-        entry = metrics.setdefault(row, {})
-        entry[f"paper_{col}"] = paper_value
         paper_txt = "–" if paper_value is None else f"{paper_value:g}"
+        entry = {"metric": cell.metric, "paper": paper_value}
         if cell.pending:
-            entry[col], entry[f"pending_{col}"] = None, cell.pending
+            entry.update(mean=None, std=None, seeds=0, values=[], pending=cell.pending)
             wide.loc[row, col] = f"pending ({paper_txt})"
-            long_rows.append({"method": row, "column": col, "ours_mean": None, "ours_std": None, "seeds": 0,
-                              "paper": paper_value, "note": f"pending: {cell.pending}"})
-            continue
-        vals = values[(row, col)]
-        mean = float(np.mean(vals))
-        std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        entry[col], entry[f"{col}_std"], entry[f"{col}_seeds"] = mean, std, len(vals)
-        wide.loc[row, col] = f"{_fmt(mean, std, len(vals), cell.metric)} ({paper_txt})"
-        long_rows.append({"method": row, "column": col, "ours_mean": mean, "ours_std": std, "seeds": len(vals),
-                          "paper": paper_value, "note": ""})
-    return wide, pd.DataFrame(long_rows), metrics
+        else:
+            vals = [float(v) for v in values[(row, col)]]
+            mean = float(np.mean(vals))
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            entry.update(mean=mean, std=std, seeds=len(vals), values=vals)
+            wide.loc[row, col] = f"{_fmt(mean, std, len(vals), cell.metric)} ({paper_txt})"
+        results.setdefault(row, {})[col] = entry
+        long_rows.append({"cell": f"{row} | {col}", "method": row, "column": col, "ours_mean": entry["mean"],
+                          "ours_std": entry["std"], "seeds": entry["seeds"], "paper": paper_value,
+                          "note": f"pending: {cell.pending}" if cell.pending else ""})
+    return wide, pd.DataFrame(long_rows), results
 
 
-def missing_entries(metrics: dict, paper: PaperTable) -> list[str]:
+def ours_columns(results: dict) -> list[str]:
+    """The columns holding a value of ours, in table order: what a figure draws, one panel each."""
+    return list(dict.fromkeys(col for entries in results.values() for col, e in entries.items()
+                              if e["mean"] is not None))
+
+
+def missing_entries(results: dict, paper: PaperTable) -> list[str]:
     """Cells of the paper's table without our value (or a pending reason) or without the paper's value."""
     gaps = []
     for r in paper.rows:
         for col in paper.columns:
             if r["values"].get(col) is None:
                 continue
-            entry = metrics.get(r["method"], {})
-            if f"paper_{col}" not in entry:
+            entry = results.get(r["method"], {}).get(col)
+            if entry is None:
+                gaps.append(f"{r['method']} / {col}: no value of ours")
+                continue
+            if entry.get("paper") is None:
                 gaps.append(f"{r['method']} / {col}: no paper value")
-            if entry.get(col) is None and not entry.get(f"pending_{col}"):
+            if entry.get("mean") is None and not entry.get("pending"):
                 gaps.append(f"{r['method']} / {col}: no value of ours")
     return gaps
 
 
-def ordering(metrics: dict, paper: PaperTable, columns: list[str] | None = None,
-             higher_is_better: bool = True) -> pd.DataFrame:
-    """Per column: the paper's best row and ours, and the rank correlation (Spearman) of ours with the paper's
-    over the rows both have."""
+def ordering(results: dict, paper: PaperTable, columns: list[str] | None = None) -> pd.DataFrame:
+    """Per column where a larger value is better (``HIGHER_IS_BETTER``): the paper's best row and ours, and the
+    rank correlation (Spearman) of ours with the paper's over the rows both have."""
     out = {}
-    for col in columns or paper.columns:
-        pairs = [(row, e[col], e.get(f"paper_{col}")) for row, e in metrics.items()
-                 if e.get(col) is not None and e.get(f"paper_{col}") is not None]
+    candidates = columns or [c for c in paper.columns]
+    for col in candidates:
+        pairs = [(row, e[col]["mean"], e[col]["paper"]) for row, e in results.items()
+                 if col in e and e[col]["mean"] is not None and e[col]["paper"] is not None
+                 and e[col]["metric"] in HIGHER_IS_BETTER]
         if len(pairs) < 2:
             continue
         rows, ours, theirs = zip(*pairs)
-        sign = 1 if higher_is_better else -1
-        best_ours, best_paper = rows[int(np.argmax(sign * np.array(ours)))], rows[int(np.argmax(sign * np.array(theirs)))]
+        best_ours, best_paper = rows[int(np.argmax(ours))], rows[int(np.argmax(theirs))]
         rho = pd.Series(ours).rank().corr(pd.Series(theirs).rank())
         out[col] = {"paper best": best_paper, "ours best": best_ours, "same best": best_ours == best_paper,
                     "rank corr.": None if np.isnan(rho) else round(float(rho), 2), "rows": len(pairs)}
     return pd.DataFrame.from_dict(out, orient="index")
 
 
-def claims(metrics: dict, comparisons: list[tuple[str, str, str]]) -> pd.DataFrame:
+def claims(results: dict, comparisons: list[tuple[str, str, str]]) -> pd.DataFrame:
     """The paper's qualitative claims ``better > worse`` on ``column``, checked on our means over seeds (and on
     the paper's numbers where it prints them). ``gap / s.e.`` is the gap of the means over its standard error
     (Welch); a claim holds clearly when that exceeds 2, which needs several seeds."""
     out = []
+    columns = {col for entries in results.values() for col in entries}
+    missing = {"mean": None, "paper": None, "seeds": 0}  # a cell the paper prints no number for
     for better, worse, column in comparisons:
-        a, b = metrics[better], metrics[worse]
-        pa, pb = a.get(f"paper_{column}"), b.get(f"paper_{column}")
-        measured = a.get(column) is not None and b.get(column) is not None
+        unknown = [x for x in (better, worse) if x not in results] + ([column] if column not in columns else [])
+        if unknown:
+            raise KeyError(f"claim {better} > {worse} ({column}): {unknown} not in the table")
+        a, b = results[better].get(column, missing), results[worse].get(column, missing)
+        measured = a["mean"] is not None and b["mean"] is not None
         ratio = None
-        if measured and a.get(f"{column}_seeds", 1) > 1 and b.get(f"{column}_seeds", 1) > 1:
-            se = np.sqrt(a[f"{column}_std"] ** 2 / a[f"{column}_seeds"] + b[f"{column}_std"] ** 2 / b[f"{column}_seeds"])
-            gap = a[column] - b[column]
+        if measured and a["seeds"] > 1 and b["seeds"] > 1:
+            se = np.sqrt(a["std"] ** 2 / a["seeds"] + b["std"] ** 2 / b["seeds"])
+            gap = a["mean"] - b["mean"]
             ratio = float(np.sign(gap) * np.inf) if se == 0 and gap else (0.0 if se == 0 else float(gap / se))
         out.append({"claim": f"{better} > {worse} ({column})",
                     "ours": "–" if not measured else
-                    f"{a[column]:.2f} ± {a.get(f'{column}_std', 0):.2f} vs {b[column]:.2f} ± {b.get(f'{column}_std', 0):.2f}",
-                    "holds in ours": None if not measured else bool(a[column] > b[column]),
+                    f"{a['mean']:.2f} ± {a['std']:.2f} vs {b['mean']:.2f} ± {b['std']:.2f}",
+                    "holds in ours": None if not measured else bool(a["mean"] > b["mean"]),
                     "gap / s.e.": None if ratio is None else round(ratio, 1),
                     "clearly (> 2 s.e.)": None if ratio is None else bool(ratio > 2),
-                    "paper": "–" if pa is None or pb is None else f"{pa:g} vs {pb:g}"})
-    return pd.DataFrame(out).set_index("claim")
+                    "paper": "–" if a["paper"] is None or b["paper"] is None else f"{a['paper']:g} vs {b['paper']:g}"})
+    return pd.DataFrame(out, columns=["claim", "ours", "holds in ours", "gap / s.e.", "clearly (> 2 s.e.)",
+                                      "paper"]).set_index("claim")
+
+
+def claims_counts(checked: pd.DataFrame) -> dict[str, int]:
+    """How many claims were measured, hold in ours, and hold clearly (> 2 standard errors)."""
+    measured = int(checked["holds in ours"].notna().sum())
+    holding = int((checked["holds in ours"] == True).sum())  # noqa: E712 (None = not measured)
+    clearly = int((checked["clearly (> 2 s.e.)"] == True).sum())  # noqa: E712 (None = single seed)
+    return {"measured": measured, "holding": holding, "clearly": clearly}
 
 
 def claims_summary(checked: pd.DataFrame) -> str:
     """One line on a ``claims`` table: how many of the paper's claims hold in ours, how many clearly, which not."""
     failed = [c for c, holds in checked["holds in ours"].items() if holds is not None and not holds]
-    measured = int(checked["holds in ours"].notna().sum())
-    clear = int((checked["clearly (> 2 s.e.)"] == True).sum())  # noqa: E712 (None = single seed)
-    return (f"{measured - len(failed)}/{measured} of the paper's claims hold in ours ({clear} clearly, by more than "
-            f"2 standard errors over seeds)" + (": not " + "; ".join(failed) if failed else "") + ".")
+    n = claims_counts(checked)
+    return (f"{n['holding']}/{n['measured']} of the paper's claims hold in ours ({n['clearly']} clearly, by more "
+            f"than 2 standard errors over seeds)" + (": not " + "; ".join(failed) if failed else "") + ".")
 
 
 def calibration(params: dict, setups: list[str], seeds: list[int], workers: int | None = None) -> pd.DataFrame:
@@ -287,7 +313,7 @@ def calibration(params: dict, setups: list[str], seeds: list[int], workers: int 
         cells.update({(m, setup): Cell(setup=setup, balancer="unimodal", params={"modality": m})
                       for m in modalities})
         configs = {k: [cell_config(params, c, s) for s in seeds] for k, c in cells.items()}
-        records = iter(sweep([c for cs in configs.values() for c in cs],
+        records = iter(sweep([c for cs in configs.values() for c in cs], desc=f"calibration of {setup}",
                              workers=workers or params.get("replication", {}).get("workers", 1)))
         runs = {k: [next(records) for _ in cs] for k, cs in configs.items()}
         row = {f"{m} only": np.mean([100 * r.test_acc for r in runs[(m, setup)]]) for m in modalities}
@@ -305,53 +331,3 @@ def banner(params: dict, section_name: str, cells: dict | None = None) -> str:
     seeds = ", ".join(map(str, section_seeds(params, section_name)))
     return (f"Ours: {data} · profile {params['profile']} · seeds {seeds}. "
             f"Paper's numbers ({paper_table(params, section_name).source}) in parentheses, never ours.")
-
-
-def comparison_figure(metrics: dict, paper: PaperTable, title: str, columns: list[str] | None = None):
-    """One panel per column: our mean ± std per row (bars) and the paper's value (black dots)."""
-    import matplotlib.pyplot as plt
-
-    columns = columns or [c for c in dict.fromkeys(k for e in metrics.values() for k in e
-                                                   if not k.startswith(("paper_", "pending_")) and not k.endswith("_std"))]
-    rows = list(metrics)
-    ncols = min(4, len(columns))
-    nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 0.25 * len(rows) * nrows + 1.5 * nrows),
-                             squeeze=False, sharey=True)
-    y = np.arange(len(rows))
-    for ax, col in zip(axes.flat, columns):
-        ours = np.array([np.nan if metrics[r].get(col) is None else metrics[r][col] for r in rows], dtype=float)
-        err = np.array([metrics[r].get(f"{col}_std") or 0.0 for r in rows], dtype=float)
-        theirs = np.array([np.nan if metrics[r].get(f"paper_{col}") is None else metrics[r][f"paper_{col}"]
-                           for r in rows], dtype=float)
-        ax.barh(y, ours, xerr=err, color="C0", alpha=0.7, label="ours")
-        ax.plot(theirs, y, "ko", ms=3, label="paper")
-        finite = np.concatenate([ours[np.isfinite(ours)], theirs[np.isfinite(theirs)]])
-        if finite.size:
-            lo, hi = finite.min(), finite.max()
-            ax.set_xlim(max(0.0, lo - 0.15 * (hi - lo + 1e-9) - 1e-3), hi + 0.15 * (hi - lo + 1e-9) + 1e-3)
-        ax.set_title(col, fontsize=9)
-    for ax in axes.flat[len(columns):]:
-        ax.axis("off")
-    axes[0, 0].set_yticks(y, rows, fontsize=7)
-    axes[0, 0].invert_yaxis()
-    axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def save_outputs(out_dir, params: dict, section_name: str, wide: pd.DataFrame, long: pd.DataFrame,
-                 metrics: dict, runs: dict, caption: str, **extra) -> None:
-    """table.md (ours (paper) per cell), table.csv (one row per cell), metrics.json."""
-    from .data.cache import atomic_write_bytes
-    from .report import write_metrics
-
-    md = f"{caption}\n\n{wide.to_markdown()}\n"
-    atomic_write_bytes(out_dir / "table.md", lambda tmp: tmp.write_text(md))
-    atomic_write_bytes(out_dir / "table.csv", lambda tmp: long.to_csv(tmp, index=False))
-    setups = sorted({r.config["data"]["dataset"] for recs in runs.values() for r in recs})
-    write_metrics(out_dir, {
-        "data": banner(params, section_name), "datasets": setups, "profile": params["profile"],
-        "seeds": section_seeds(params, section_name), "paper": params[section_name]["paper"], "table": metrics,
-        "runs": {f"{row} | {col}": [r.hash for r in recs] for (row, col), recs in runs.items()}, **extra})

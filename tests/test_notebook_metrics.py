@@ -1,6 +1,7 @@
-"""Every AMSS notebook's metrics.json (ci profile) has an entry for every cell of its table, ours and the paper's.
+"""Every AMSS notebook's metrics.json (ci profile) has an entry for every cell of its table, ours and the paper's,
+names its data, profile and machine; its figure draws only columns of the table.
 
-`make test` runs nbval over the notebooks first, which writes ``results/notebooks/amss/<stage>/metrics.json``;
+`make test` runs nbval over the notebooks first, which writes ``results/notebooks/ci/amss/<stage>/metrics.json``;
 a missing or stale file is produced here by executing the notebook (ci profile) with papermill.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmlib import tables
+from mmlib.config import load_params
 from mmlib.paper import load_paper_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks" / "amss").glob("*.ipynb"))
 
 
 def ci_metrics(notebook: Path, tmp_path: Path) -> dict:
-    path = ROOT / "results" / "notebooks" / "amss" / notebook.stem / "metrics.json"
+    path = ROOT / "results" / "notebooks" / "ci" / "amss" / notebook.stem / "metrics.json"
     newest_input = max(notebook.stat().st_mtime, (ROOT / "params.yaml").stat().st_mtime)
     if not path.is_file() or path.stat().st_mtime < newest_input:
         import papermill
@@ -34,20 +35,34 @@ def test_there_is_one_notebook_per_paper_artifact():
         "amss_12_supplement_table1"]
 
 
+def test_every_notebook_stage_is_in_the_pipeline():
+    dvc = (ROOT / "dvc.yaml").read_text()
+    for notebook in NOTEBOOKS:
+        assert f"- {notebook.stem}\n" in dvc, notebook.stem
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_ci_metrics_cover_every_cell(notebook, tmp_path):
     metrics = ci_metrics(notebook, tmp_path)
+    params = load_params("ci")
+    section = params[notebook.stem]
     assert metrics["profile"] == "ci" and "embedded data" in metrics["data"]
-    paper = load_paper_table(*metrics["paper"].split("/"), root=ROOT)
-    table = metrics["table"]
-    assert table and tables.missing_entries(table, paper) == []
-    for row, entry in table.items():
-        ours = [k for k in entry if not k.startswith(("paper_", "pending_")) and not k.endswith(("_std", "_seeds"))]
-        assert ours, row
-        for col in ours:  # each of our cells carries the paper's value (null where the paper prints none)
-            assert f"paper_{col}" in entry, (row, col)
-            assert entry[col] is not None or entry.get(f"pending_{col}"), (row, col)
-            if paper.rows and row in paper.methods and col in paper.columns:
-                assert entry[f"paper_{col}"] == paper.value(row, col), (row, col)
-        assert all(len(hashes) == len(metrics["seeds"]) for key, hashes in metrics["runs"].items()
-                   if key.startswith(f"{row} | "))
+    assert metrics["machine | cpu"] and metrics["machine | torch"] and metrics["code"]
+    assert all(isinstance(v, (int, float, str, bool)) or v is None for v in metrics.values())  # flat for dvc
+    paper = load_paper_table(*section["paper"].split("/"), root=ROOT)
+    assert metrics["paper"] == paper.source
+    for r in paper.rows:  # every number the paper prints has ours (or a pending reason) and the paper's beside it
+        for col, value in r["values"].items():
+            if value is None:
+                continue
+            key = f"{r['method']} | {col}"
+            assert metrics[f"{key} | paper"] == value, key
+            assert metrics[key] is not None or metrics.get(f"{key} | pending"), key
+    cells = [k for k in metrics if k.count(" | ") == 1 and k.split(" | ")[0] in section["rows"]]
+    assert cells
+    for key in cells:
+        assert metrics[f"{key} | seeds"] in (0, len(params["replication"]["seeds"])), key
+    # the figure draws one panel per column holding ours (tables.ours_columns): each is a column of the table
+    panels = {k.split(" | ")[1] for k in cells if metrics[k] is not None}
+    allowed = set(paper.columns) | (set(section["columns"]) if section.get("grid") else set())
+    assert panels <= allowed and not any(p.endswith(("_seeds", "_std", "seeds", "std")) for p in panels)

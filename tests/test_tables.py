@@ -95,31 +95,55 @@ def test_compare_reports_ours_beside_the_papers_and_finds_gaps():
     runs = {k: [fake_record(0.5 + 0.1 * (k[0] == "ours"), s) for s in (0, 1)] for k, c in cells.items()
             if not c.pending}
     runs[("base", "A/acc")] = [fake_record(0.50, 0), fake_record(0.54, 1)]
-    wide, long, metrics = tables.compare(cells, runs, PAPER)
-    assert metrics["base"]["A/acc"] == pytest.approx(52.0) and metrics["base"]["paper_A/acc"] == 60.0
-    assert metrics["base"]["A/acc_std"] == pytest.approx(2.828, abs=1e-3)
-    assert metrics["ours"]["A/map"] == pytest.approx(65.0) and metrics["base"]["B/acc"] == pytest.approx(50.0)
-    assert metrics["later"]["A/acc"] is None and metrics["later"]["pending_A/acc"] == "lands later"
+    wide, long, results = tables.compare(cells, runs, PAPER)
+    base = results["base"]["A/acc"]
+    assert base["mean"] == pytest.approx(52.0) and base["paper"] == 60.0 and base["seeds"] == 2
+    assert base["std"] == pytest.approx(2.828, abs=1e-3) and base["values"] == pytest.approx([50.0, 54.0])
+    assert results["ours"]["A/map"]["mean"] == pytest.approx(65.0) and results["base"]["B/acc"]["mean"] == 50.0
+    assert results["later"]["A/acc"]["mean"] is None and results["later"]["A/acc"]["pending"] == "lands later"
     assert wide.loc["base", "A/acc"] == "52.0 ± 2.8 (60)" and wide.loc["later", "A/acc"].startswith("pending")
-    assert len(long) == len(cells) and set(long.columns) >= {"ours_mean", "ours_std", "paper", "seeds"}
-    assert tables.missing_entries(metrics, PAPER) == []
-    broken = copy.deepcopy(metrics)
-    del broken["ours"]["A/map"], broken["base"]["paper_B/acc"]
+    assert len(long) == len(cells) and set(long.columns) >= {"cell", "ours_mean", "ours_std", "paper", "seeds"}
+    assert tables.missing_entries(results, PAPER) == []
+    broken = copy.deepcopy(results)
+    del broken["ours"]["A/map"]
+    broken["base"]["B/acc"]["paper"] = None
     assert sorted(tables.missing_entries(broken, PAPER)) == ["base / B/acc: no paper value",
                                                              "ours / A/map: no value of ours"]
-    order = tables.ordering(metrics, PAPER)
+    order = tables.ordering(results, PAPER)
     assert order.loc["A/acc", "paper best"] == "ours" and order.loc["A/acc", "ours best"] == "ours"
-    claims = tables.claims(metrics, [("ours", "base", "A/acc"), ("base", "ours", "A/map")])
+    claims = tables.claims(results, [("ours", "base", "A/acc"), ("base", "ours", "A/map")])
     assert claims["holds in ours"].tolist() == [True, False]
     # ours 60 ± 0 vs base 52 ± 2.83 over 2 seeds each: gap 8 over a standard error of sqrt(2.83² / 2) = 2
     assert claims["gap / s.e."].iloc[0] == pytest.approx(4.0, abs=0.05)
     assert claims["clearly (> 2 s.e.)"].tolist() == [True, False]
-    assert metrics["base"]["A/acc_seeds"] == 2
-    single = copy.deepcopy(metrics)
-    single["ours"]["A/acc_seeds"] = 1  # one seed: no spread, so no claim is clear
+    single = copy.deepcopy(results)
+    single["ours"]["A/acc"]["seeds"] = 1  # one seed: no spread, so no claim is clear
     assert tables.claims(single, [("ours", "base", "A/acc")])["clearly (> 2 s.e.)"].tolist() == [None]
     assert tables.claims_summary(claims) == ("1/2 of the paper's claims hold in ours (1 clearly, by more than 2 "
                                              "standard errors over seeds): not base > ours (A/map).")
+    assert tables.claims_counts(claims) == {"measured": 2, "holding": 1, "clearly": 1}
+    with pytest.raises(KeyError, match=r"\['nobody'\] not in the table"):
+        tables.claims(results, [("nobody", "base", "A/acc")])
+
+
+def test_comparison_figure_draws_one_panel_per_column_of_ours():
+    """Panels are the table's columns holding ours (never a count or a spread), each in its metric's unit, the
+    paper's values drawn beside ours."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from mmlib import report
+
+    params = {"t": section(), "root": "."}
+    cells = tables.table_cells(params, "t", PAPER)
+    runs = {k: [fake_record(0.6, s) for s in (0, 1, 2)] for k, c in cells.items() if not c.pending}
+    _, _, results = tables.compare(cells, runs, PAPER)
+    fig = report.comparison_figure(results, "Ours: test data (embedded data) · profile ci")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == tables.ours_columns(results) == ["A/acc", "A/map", "B/acc"]
+    assert [ax.get_xlabel() for ax in panels] == ["test accuracy (%)", "test mAP (%)", "test accuracy (%)"]
+    paper_points = [line for line in panels[0].get_lines() if line.get_marker() == "D"]
+    assert len(paper_points) == 1 and list(paper_points[0].get_xdata()[:2]) == [60.0, 65.0]
+    assert "embedded data" in fig.get_suptitle()
 
 
 def test_run_metrics():

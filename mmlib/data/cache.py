@@ -91,6 +91,11 @@ def ensure_generated(root: Path, stamp_name: str, cfg, generate, dataset: str) -
         raise FileExistsError(f"{root} holds {dataset} generated with other parameters "
                               f"({stamp.read_text().strip()} != {cfg.fingerprint()}); remove it or pick "
                               f"another data.root")
+    from ..progress import progress_stream
+
+    with progress_stream() as stream:
+        if stream is not None:
+            print(f"generating {dataset} under {root} ...", file=stream, flush=True)
     generate(root, cfg)
 
 

@@ -37,12 +37,17 @@ def decode_all(items: Iterable[Item], decode: Callable[[Item], Value], skip_bad:
     """``(item, decode(item))`` for every item that decodes; an item whose decode raises one of ``errors`` is a
     problem for ``report_bad`` (``describe`` words it). Raises LayoutError, naming ``where`` (the dataset root),
     when no item is left."""
+    from ..progress import progress_bar
+
+    items = list(items)
     decoded, problems = [], []
-    for item in items:
-        try:
-            decoded.append((item, decode(item)))
-        except errors as err:
-            problems.append(describe(item, err))
+    with progress_bar(len(items), f"prepare {where}", unit=unit.rstrip("s") or "item") as bar:
+        for item in items:
+            try:
+                decoded.append((item, decode(item)))
+            except errors as err:
+                problems.append(describe(item, err))
+            bar.update(1)
     report_bad(problems, skip_bad, unit)
     if not decoded:
         raise LayoutError(f"{where}: no usable {unit}")

@@ -1,0 +1,121 @@
+"""A paper artifact (one table or figure of a paper), built the same way for every notebook: the template.
+
+A params.yaml section (rows and columns as runs, ``mmlib.tables``) and the paper's YAML (its numbers and the
+claims it makes, ``mmlib.paper``) are all an artifact needs::
+
+    art = artifact.build("amss_02_table2", profile, reports_dir)   # cells -> runs -> table, ordering, claims
+    art.show()                      # calibration of the stand-ins, table, best rows, claims
+    fig = art.figure()              # ours beside the paper's, one panel per column
+    art.save(fig, extra={...})      # table.md, table.csv, figure.png, metrics.json, details.json
+
+A notebook holds its header, its parameters, these calls, and what is particular to its artifact (a curve
+figure, a number the paper states in its text), passed to ``save`` as ``extra``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import report, tables
+from .config import load_params
+from .data.cache import atomic_write_bytes
+from .experiments import RunRecord
+from .paper import PaperTable
+
+
+@dataclass
+class Artifact:
+    stage: str  # params.yaml section = notebook stem = dvc stage item
+    params: dict
+    paper: PaperTable
+    cells: dict  # (row, column) -> tables.Cell
+    runs: dict  # (row, column) -> records, one per seed
+    results: dict  # row -> column -> {mean, std, seeds, values, metric, paper[, pending]} (tables.compare)
+    wide: pd.DataFrame  # 'ours mean ± std (paper)' per row and column
+    long: pd.DataFrame  # one row per cell
+    order: pd.DataFrame  # per column: the paper's best row and ours, rank correlation
+    checked: pd.DataFrame  # the paper's claims on ours (tables.claims)
+    calibration: pd.DataFrame  # the stand-ins' baseline rows (tables.calibration)
+    caption: str  # which data, profile and seeds produced ours; where the paper's numbers come from
+    out_dir: Path
+
+    @property
+    def section(self) -> dict:
+        return self.params[self.stage]
+
+    def column_runs(self, column: str) -> dict[str, list[RunRecord]]:
+        """``{row: records}`` of one column, in the section's row order (for curve figures)."""
+        return {row: self.runs[(row, column)] for row in self.section["rows"] if (row, column) in self.runs}
+
+    def show(self) -> None:
+        """The notebook's display: stand-ins' calibration, the table, the best rows, the claims."""
+        from IPython.display import Markdown, display
+
+        display(Markdown("**Embedded stand-ins' baseline rows** (test %, mean over seeds: unimodal runs, naive "
+                         "joint training, each modality inside the naive model, zero_feature protocol)\n\n"
+                         + self.calibration.to_markdown()))
+        display(Markdown(self.caption + "\n\nOurs mean ± std over seeds (paper's value in parentheses).\n\n"
+                         + self.wide.to_markdown()))
+        if len(self.order):
+            display(self.order)
+            differ = [c for c, r in self.order.iterrows() if not r["same best"]]
+            print("Ours and the paper name different best rows in: " + ", ".join(differ) if differ
+                  else "Ours and the paper name the same best row in every column.")
+        if len(self.checked):
+            display(self.checked)
+            print(tables.claims_summary(self.checked))
+
+    def figure(self, columns: list[str] | None = None):
+        """Ours (bars, mean ± std over seeds) beside the paper's values (diamonds), one panel per column."""
+        return report.comparison_figure(self.results, self.caption, columns)
+
+    def metrics(self, extra: dict | None = None) -> dict:
+        """The flat metrics: every cell (ours, spread, seeds, the paper's), the claims counts, the stand-ins'
+        calibration, which data and profile, and ``extra``."""
+        counts = tables.claims_counts(self.checked) if len(self.checked) else {}
+        cells = {}
+        for row, entries in self.results.items():
+            for col, e in entries.items():
+                key = f"{row} | {col}"
+                cells[key] = e["mean"]
+                cells[f"{key} | std"], cells[f"{key} | seeds"], cells[f"{key} | paper"] = e["std"], e["seeds"], e["paper"]
+                if e.get("pending"):
+                    cells[f"{key} | pending"] = e["pending"]
+        return {"data": self.caption, "profile": self.params["profile"],
+                "seeds": tables.section_seeds(self.params, self.stage), "paper": self.paper.source,
+                **{f"claims {k}": v for k, v in counts.items()}, **cells,
+                "calibration": self.calibration.to_dict(orient="index"), **(extra or {})}
+
+    def save(self, figure=None, extra: dict | None = None) -> None:
+        """Write table.md, table.csv, figure.png, metrics.json (flat, DVC metrics) and details.json (the runs
+        behind each cell, the claims and the best rows). Every cell the paper prints must hold ours or a pending
+        reason."""
+        gaps = tables.missing_entries(self.results, self.paper)
+        if gaps:
+            raise ValueError(f"{self.stage}: cells without a value: {gaps}")
+        report.save_table(self.wide, self.out_dir, self.caption, csv=False)
+        atomic_write_bytes(self.out_dir / "table.csv", lambda tmp: self.long.to_csv(tmp, index=False))
+        if figure is not None:
+            report.save_figure(figure, self.out_dir)
+        report.write_metrics(self.out_dir, self.metrics(extra))
+        report.write_json(self.out_dir, "details.json", {
+            "runs": {f"{row} | {col}": [r.hash for r in recs] for (row, col), recs in self.runs.items()},
+            "claims": self.checked.reset_index().to_dict(orient="records"),
+            "ordering": self.order.reset_index().to_dict(orient="records")})
+
+
+def build(stage: str, profile: str = "ci", reports_dir: str = "results/notebooks") -> Artifact:
+    """Run (or read from the run store) every cell of a paper artifact and compare it with the paper."""
+    params = load_params(profile)
+    paper = tables.paper_table(params, stage)
+    cells = tables.table_cells(params, stage, paper)
+    seeds = tables.section_seeds(params, stage)
+    calibration = tables.calibration(params, sorted({c.setup for c in cells.values()}), seeds)
+    runs = tables.run_cells(params, stage, cells)
+    wide, long, results = tables.compare(cells, runs, paper)
+    return Artifact(stage=stage, params=params, paper=paper, cells=cells, runs=runs, results=results, wide=wide,
+                    long=long, order=tables.ordering(results, paper), checked=tables.claims(results, paper.claims),
+                    calibration=calibration, caption=tables.banner(params, stage, cells),
+                    out_dir=report.stage_dir(params, stage, reports_dir))
