@@ -235,5 +235,6 @@ def curve_panel(ax, records: Mapping[str, list[RunRecord]], split: str, key: Cal
         ax.fill_between(x, scale * (mean - std), scale * (mean + std), alpha=0.2, color=f"C{i}")
         means[label] = float(scale * mean.mean())
     ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)
     return means

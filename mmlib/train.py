@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .balancers.amss import significance
-from .balancers.base import Balancer, TrainInfo
+from .balancers.base import Balancer, TrainInfo, named_param_groups
 from .config import ExperimentConfig
 from .data.cache import TensorCache, save_torch
 from .data.loader import DeviceLoader, place_cache
@@ -35,7 +35,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
     """One parameter group per modality (encoder + its head part) and one for shared parameters, named, so a
     balancer can set per-modality learning rates."""
-    groups = [{"params": ps, "name": name} for name, ps in model.parameter_groups().items() if ps]
+    groups = named_param_groups(model)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":

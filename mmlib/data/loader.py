@@ -21,7 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Batch:
     inputs: dict[str, torch.Tensor]  # audio (B, 1, F, T) float; visual (B, T, 3, H, W) float
     label: torch.Tensor  # (B,) int64
-    index: torch.Tensor  # (B,) positions in the cache
+    index: torch.Tensor | None = None  # (B,) positions in the cache (None for batches built by a user's loop)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
