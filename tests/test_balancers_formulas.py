@@ -170,6 +170,20 @@ def test_exact_scaling_gives_an_unbiased_masked_gradient(sampling):
     assert float((g * biased - g).abs().max()) > 0.2 * float(g.max())
 
 
+def test_amss_plus_default_is_the_unbiased_form():
+    """The default AMSS+ (no parameters) draws units so that E[m_hat] g = g: the property amss.md §3.3 states."""
+    defaults = AMSSPlus().cfg
+    assert (defaults.scaling, defaults.sampling) == ("exact", "systematic")
+    layout, g, mean_mult = monte_carlo_masked_gradient(defaults.scaling, defaults.sampling, 0.3, 6000)
+    for l in range(4):
+        s = slice(int(layout.layer_start[l]), int(layout.layer_start[l] + layout.layer_size[l]))
+        assert float((g[s] * mean_mult[s] - g[s]).abs().max()) < 0.06 * float(g[s].norm()), l
+    # the printed 1/(p_j + C_l) keeps a small fraction of the gradient: far from unbiased
+    _, _, printed = monte_carlo_masked_gradient("paper", defaults.sampling, 0.3, 500)
+    assert float(printed.max()) < 0.5
+    assert AMSSPlus(variant="official_code").cfg.scaling == "official_code"
+
+
 def test_scaling_forms():
     layout, _ = toy_layout()
     imp = masking.unit_importance(layout)

@@ -148,7 +148,7 @@ def test_amss_updates_exactly_the_sampled_units(fusion):
 
 
 def test_amss_plus_scales_sampled_units_by_paper_practical_form():
-    r = run_step("amss_plus")
+    r = run_step("amss_plus", {"scaling": "paper", "sampling": "importance"})
     for m in ("audio", "visual"):
         for name in subnet_names(r.model, m, with_head=False):
             units = unit_rows(name, r.change[name], r.model).shape[0]
@@ -157,7 +157,7 @@ def test_amss_plus_scales_sampled_units_by_paper_practical_form():
 
 
 def test_amss_plus_exact_scaling_inflates_drawn_units():
-    r = run_step("amss_plus", {"scaling": "exact", "sampling": "systematic"})
+    r = run_step("amss_plus")  # the default: exact 1/pi_j, systematic sampling
     for m in ("audio", "visual"):
         for name in subnet_names(r.model, m, with_head=False):
             check_masked(r, name, r.state[f"rho_{m}"], low=1.0)  # 1/pi_j >= 1
