@@ -303,25 +303,56 @@ def claims_summary(checked: pd.DataFrame) -> str:
             f"than 2 standard errors over seeds)" + (": not " + "; ".join(failed) if failed else "") + ".")
 
 
+def baseline_accuracies(runs: dict[str, list[RunRecord]], modalities: list[str]) -> dict:
+    """``{"only": {m: acc}, "naive": acc, "inside": {m: acc}}``, test %, mean over seeds, from the unimodal runs
+    (``runs[m]``) and the naive runs (``runs["naive"]``; inside: zero_feature protocol)."""
+    mean = lambda values: float(np.mean(list(values)))  # noqa: E731
+    return {"only": {m: mean(100 * r.test_acc for r in runs[m]) for m in modalities},
+            "naive": mean(100 * r.test_acc for r in runs["naive"]),
+            "inside": {m: mean(100 * r.unimodal_acc(m) for r in runs["naive"]) for m in modalities}}
+
+
 def calibration(params: dict, setups: list[str], seeds: list[int], workers: int | None = None) -> pd.DataFrame:
-    """Per setup: each modality's unimodal accuracy, naive joint accuracy and each modality's accuracy inside
-    the naive model (zero_feature), test %, mean over seeds: the imbalance each embedded stand-in carries."""
-    rows = {}
+    """Per setup, the stand-in's baseline rows beside the paper's (``setups.<s>.calibration``, mmlib.calibration):
+    each modality's unimodal accuracy, naive joint accuracy, and each modality's retention inside the naive
+    model; test %, mean over seeds. Index (setup, quantity)."""
+    from .calibration import calibration_checks
+
+    frames = {}
     for setup in setups:
+        spec = params["setups"][setup].get("calibration")
+        if not spec:
+            raise KeyError(f"setups.{setup} has no calibration block (the paper's baseline rows it is calibrated on)")
         modalities = cell_config(params, Cell(setup=setup), 0).data.modalities
-        cells = {("naive", setup): Cell(setup=setup)}
-        cells.update({(m, setup): Cell(setup=setup, balancer="unimodal", params={"modality": m})
-                      for m in modalities})
+        cells = {"naive": Cell(setup=setup)}
+        cells.update({m: Cell(setup=setup, balancer="unimodal", params={"modality": m}) for m in modalities})
         configs = {k: [cell_config(params, c, s) for s in seeds] for k, c in cells.items()}
         records = iter(sweep([c for cs in configs.values() for c in cs], desc=f"calibration of {setup}",
                              workers=workers or params.get("replication", {}).get("workers", 1)))
         runs = {k: [next(records) for _ in cs] for k, cs in configs.items()}
-        row = {f"{m} only": np.mean([100 * r.test_acc for r in runs[(m, setup)]]) for m in modalities}
-        row["naive"] = np.mean([100 * r.test_acc for r in runs[("naive", setup)]])
-        for m in modalities:
-            row[f"{m} in naive"] = np.mean([100 * r.unimodal_acc(m) for r in runs[("naive", setup)]])
-        rows[f"{setup}: {setup_label(params, setup)}"] = {k: round(float(v), 1) for k, v in row.items()}
-    return pd.DataFrame.from_dict(rows, orient="index")
+        classes = len(runs["naive"][0].data["classes"])
+        frames[f"{setup}: {setup_label(params, setup)}"] = calibration_checks(
+            baseline_accuracies(runs, modalities), spec, classes, params["root"],
+            params.get("replication", {}).get("calibration_tolerance"))
+    return pd.concat(frames, names=["setup", "quantity"]).round(3)
+
+
+def learning_rate_search(params: dict, setup: str, factors: tuple[float, ...] = (0.3, 1.0, 3.0), seed: int = 0,
+                         workers: int | None = None) -> dict[str, dict[float, float]]:
+    """MSLR's per-modality learning rates as the method prescribes them: each modality's unimodal model trained at
+    the setup's learning rate times each factor; ``{modality: {factor: validation accuracy %}}`` (selection on the
+    validation split carved from train, never on test). The best factor per modality is MSLR's ``lr_scales``."""
+    probe = cell_config(params, Cell(setup=setup), seed)
+    cells = {(m, f): Cell(setup=setup, balancer="unimodal", params={"modality": m},
+                          overrides={"optim.lr": probe.optim.lr * f})
+             for m in probe.data.modalities for f in factors}
+    configs = [cell_config(params, c, seed) for c in cells.values()]
+    records = sweep(configs, desc=f"learning rates of {setup}",
+                    workers=workers or params.get("replication", {}).get("workers", 1))
+    out: dict[str, dict[float, float]] = {}
+    for (m, f), record in zip(cells, records):
+        out.setdefault(m, {})[f] = round(100 * record.final["val"]["acc"], 2)
+    return out
 
 
 def banner(params: dict, section_name: str, cells: dict | None = None) -> str:

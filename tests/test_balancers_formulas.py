@@ -307,6 +307,9 @@ def test_plateau_and_smooth_schedules():
     assert plateau_update(1.0, 0.9, 2, 3) == (0.9, 0, False)
     assert plateau_update(1.0, 1.1, 1, 3) == (1.0, 2, False)
     assert plateau_update(1.0, 1.1, 2, 3) == (1.0, 0, True)
+    # a branch still at chance level (best loss above the threshold) has not converged: it is never stopped
+    assert plateau_update(1.7, 1.8, 2, 3, converged_below=0.9 * math.log(6)) == (1.7, 0, False)
+    assert plateau_update(1.0, 1.1, 2, 3, converged_below=0.9 * math.log(6)) == (1.0, 0, True)
     assert [smooth_factor(3.0, e, 5) for e in range(5)] == pytest.approx([3.0, 2.5, 2.0, 1.5, 1.0])
 
 

@@ -312,9 +312,13 @@ def test_pmr_prototypes_and_step():
     assert state["ratio"] >= 1.0
     weak = "audio" if state["score_audio"] < state["score_visual"] else "visual"
     strong = "visual" if weak == "audio" else "audio"
-    assert state[f"pce_coeff_{weak}"] == pytest.approx(state["ratio"] - 1.0, abs=1e-6)
+    # the public code's bounded rule (the default): alpha = 1 on the weak modality's PCE when rho > 1
+    assert state[f"pce_coeff_{weak}"] == (1.0 if state["ratio"] > 1 else 0.0)
     assert state[f"pce_coeff_{strong}"] == 0.0
-    assert state[f"per_coeff_{strong}"] == pytest.approx(state["ratio"] - 1)  # entropy raised on the dominant
+    assert state[f"per_coeff_{strong}"] == state[f"pce_coeff_{weak}"]  # entropy raised on the dominant
+    proportional = run_step("pmr", {"coefficient": "proportional"}).state
+    weak_p = "audio" if proportional["score_audio"] < proportional["score_visual"] else "visual"
+    assert proportional[f"pce_coeff_{weak_p}"] == pytest.approx(proportional["ratio"] - 1.0, abs=1e-6)
     old = {m: p.clone() for m, p in bal.prototypes.items()}
     batch = make_batch()
     sums, counts = class_means(r.model, [batch], CLASSES, 1, contextlib.nullcontext)

@@ -1,8 +1,12 @@
 """AGM: adaptive gradient modulation (Li et al., ICCV 2023, "Boosting multi-modal model performance with adaptive
 gradient modulation").
 
-Per step, the model is run again in eval mode without gradients on every non-empty subset S of the modalities, the
-others zero-padded at the input, giving f(S) (f(empty) = 0, as in the public code). Then:
+Per step, f(S) are the logits with only the modalities in S present (the others zero-padded at the input): for the
+full set, the training forward pass itself (train mode, batch statistics), as the public code does; for the other
+non-empty subsets, extra passes without gradients, with batch statistics and the running statistics left untouched
+(``subsets="train"``; the public code runs them in eval mode, ``subsets="eval"``); f(empty) = 0. Eval-mode passes
+read running statistics that an untrained model has not learned: scores far from the model's, which the running
+target keeps, and k up to e^15 (``outputs="eval"``) or swinging between 0 and 14 (``subsets="eval"``). Then:
     r^m_i   = sum_{S not containing m} |S|! (M - |S| - 1)! / M! (f(S + m) - f(S))      (Shapley unimodal response)
     s^m     = 1/B sum_i log softmax(r^m_i)[y_i]                                          (mono score, floor 1e-8)
     ratio^m = exp(M / (M - 1) (s^m - mean_k s^k))                                        (imbalance ratio)
@@ -21,13 +25,17 @@ import torch
 
 from ..registry import register
 from .base import Balancer
-from .common import require_modalities
+from .common import check_choice, require_modalities
 
 
 @dataclass
 class AGMConfig:
     alpha: float = 1.5  # modulation strength (the authors' CREMA-D value, lihongcs/AGM issues)
     cap: float = 10.0  # upper bound on target - ratio in the exponent (original code; BalanceMM uses 7)
+    outputs: str = "train"  # train: the full set from the training pass (public code) | eval: every subset in eval
+    # the other subsets' passes: train (batch statistics, running statistics untouched) | eval (public code; on
+    # the KS stand-in, seed 0, k swung between 0 and 14 and the run collapsed to chance: LOG.md)
+    subsets: str = "train"
 
 
 def subsets_without(modalities: list[str], m: str) -> list[frozenset]:
@@ -73,6 +81,11 @@ def agm_coefficients(scores: torch.Tensor, running_scores: torch.Tensor, alpha: 
 class AGM(Balancer):
     Config = AGMConfig
 
+    def __init__(self, **params):
+        super().__init__(**params)
+        check_choice("agm.outputs", self.cfg.outputs, ("train", "eval"))
+        check_choice("agm.subsets", self.cfg.subsets, ("train", "eval"))
+
     def setup(self, model, optimizer, info):
         super().setup(model, optimizer, info)
         require_modalities("agm", model.modalities)
@@ -82,23 +95,34 @@ class AGM(Balancer):
         self._state: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def subset_outputs(self, model, inputs) -> dict[frozenset, torch.Tensor]:
+    def subset_outputs(self, model, inputs, full: torch.Tensor | None = None) -> dict[frozenset, torch.Tensor]:
+        """f(S) for every non-empty subset S, in eval mode; ``full`` (the training pass's logits), when given,
+        stands for the set of all modalities."""
         was_training = model.training
-        model.eval()
+        model.train(self.cfg.subsets == "train")
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:  # batch statistics for the extra passes, running statistics left as they are
+            m.momentum = 0.0
         try:
-            outputs = {}
+            outputs = {} if full is None else {frozenset(model.modalities): full.detach().float()}
             for r in range(1, len(model.modalities) + 1):
                 for present in itertools.combinations(model.modalities, r):
+                    if frozenset(present) in outputs:
+                        continue
                     padded = {k: x if k in present else torch.zeros_like(x) for k, x in inputs.items()}
                     with self.info.autocast():
                         outputs[frozenset(present)] = model(padded).logits.float()
         finally:
             model.train(was_training)
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
         return outputs
 
     @torch.no_grad()
     def adjust_gradients(self, model, out, batch):
-        responses = shapley_responses(self.subset_outputs(model, batch.inputs), model.modalities)
+        full = out.logits if self.cfg.outputs == "train" else None
+        responses = shapley_responses(self.subset_outputs(model, batch.inputs, full), model.modalities)
         scores = mono_scores(responses, batch.label)
         self.steps += 1
         self.running += (scores - self.running) / self.steps

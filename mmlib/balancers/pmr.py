@@ -1,15 +1,17 @@
 """PMR: prototypical modal rebalance (Fan et al., CVPR 2023).
 
 Prototypes c^m_y: class means of modality m's features over the first ``proto_fraction`` of the training loader,
-recomputed at the start of every epoch (eval mode) and smoothed, c <- (1 - mu) c_new + mu c_old.
+recomputed at the start of every epoch and smoothed, c <- (1 - mu) c_new + mu c_old. The features are computed in
+train mode (batch-norm batch statistics), as the public code does (``prototype_mode="eval"``: with the running
+statistics, which on an untrained model put the prototypes so far apart that rho reaches 1e12 and the loss NaN).
 Per step, with d(h, c) the Euclidean distance and P^m_i = softmax_y(-d(h^m_i, c^m_y)):
     s^m     = sum_i P^m_i[y_i]                                   (prototype score)
     rho     = s^dom / s^weak                                     (dom / weak: highest / lowest score)
     PCE^m   = 1/B sum_i -log P^m_i[y_i]                          (prototypical cross-entropy)
     PER^m   = 1/B sum_i H(P^m_i)                                 (prototypical entropy)
     L       = CE(fused) + beta PCE^weak - gamma PER^entropy_on
-    beta    = alpha (rho - 1)            (``coefficient="proportional"``; ``"constant"``: alpha when rho > 1,
-                                          the public code)
+    beta    = alpha when rho > 1         (``coefficient="constant"``, the public code's bounded rule, the default;
+                                          ``"proportional"``: alpha (rho - 1), unbounded as rho is)
     gamma   = entropy_weight (rho - 1)   (same rule), only during the first ``entropy_epochs`` epochs.
 For K > 2 the rule acts on the weakest and the strongest modality.
 """
@@ -33,7 +35,8 @@ class PMRConfig:
     alpha: float = 1.0  # PCE strength (public code default)
     momentum: float = 0.2  # prototype EMA mu (public code default)
     proto_fraction: float = 0.1  # share of the training loader used to compute prototypes each epoch
-    coefficient: str = "proportional"  # proportional: alpha (rho - 1) | constant: alpha when rho > 1 (public code)
+    coefficient: str = "constant"  # constant: alpha when rho > 1 (public code, bounded) | proportional: alpha (rho - 1)
+    prototype_mode: str = "train"  # train: batch statistics (public code) | eval: running statistics
     entropy_weight: float = 1.0  # PER strength (0: no entropy regularisation)
     entropy_epochs: int = 10  # PER applies in epochs [0, entropy_epochs)
     entropy_on: str = "dominant"  # dominant | weak: the modality whose prototype entropy is raised
@@ -65,10 +68,12 @@ def prototypical_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_means(model, loader, num_classes: int, batches: int, autocast) -> tuple[dict, torch.Tensor]:
-    """({modality: (classes, D) feature sums}, (classes,) counts) over the first ``batches`` batches, eval mode."""
+def class_means(model, loader, num_classes: int, batches: int, autocast,
+                mode: str = "train") -> tuple[dict, torch.Tensor]:
+    """({modality: (classes, D) feature sums}, (classes,) counts) over the first ``batches`` batches, the model in
+    ``mode`` (train: batch statistics | eval: running statistics)."""
     was_training = model.training
-    model.eval()
+    model.train(mode == "train")
     sums, counts = {}, None
     try:
         for k, batch in enumerate(loader):
@@ -98,6 +103,7 @@ class PMR(Balancer):
         c = self.cfg
         check_choice("pmr.coefficient", c.coefficient, COEFFICIENTS)
         check_choice("pmr.entropy_on", c.entropy_on, ("dominant", "weak"))
+        check_choice("pmr.prototype_mode", c.prototype_mode, ("train", "eval"))
         if not 0 < c.proto_fraction <= 1 or not 0 <= c.momentum < 1:
             raise ValueError(f"pmr: proto_fraction must be in (0, 1] and momentum in [0, 1), got "
                              f"{c.proto_fraction}, {c.momentum}")
@@ -112,7 +118,8 @@ class PMR(Balancer):
         super().on_epoch_start(trainer, epoch)
         loader = trainer.loaders["train"]
         batches = max(1, math.ceil(self.cfg.proto_fraction * len(loader)))
-        sums, counts = class_means(trainer.model, loader, self.info.num_classes, batches, trainer.autocast)
+        sums, counts = class_means(trainer.model, loader, self.info.num_classes, batches, trainer.autocast,
+                                   self.cfg.prototype_mode)
         seen = (counts > 0)[:, None]
         new = {m: s / counts.clamp_min(1)[:, None] for m, s in sums.items()}
         if self.prototypes is None:

@@ -25,7 +25,7 @@ from ..registry import register
 from .cache import atomic_write_bytes, ensure_generated, is_prepared
 from .crema_d import LABELS, CremaD
 
-GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
+GENERATOR_VERSION = 3  # bump when a change to the generator changes the media it writes
 SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
 LEVELS = ("LO", "MD", "HI", "XX")
 
@@ -46,6 +46,9 @@ class SynthAVConfig:
     audio_distractor: str = "neutral"  # absent audio cue: neutral (a chord of no class) | other_class (another class's)
     audio_cue: str = "chord"  # chord: pitches encode the class | melody: the order of three shared notes does
     visual_present: float = 0.7  # probability that a clip carries its class's visual cue
+    # probability that a clip carries neither cue (an ambiguous clip, ambiguous in voice and face alike): the
+    # modalities then share their hard clips, and fusing them gains less than independent cues would
+    shared_absence: float = 0.0
     visual_contrast: float = 0.25  # grating amplitude (pixel values in [0, 1])
     visual_noise: float = 0.25  # std of per-pixel noise
 
@@ -90,10 +93,10 @@ def _melody(cfg: SynthAVConfig, label: int, present: bool, t: np.ndarray, rng: n
     return x
 
 
-def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator) -> np.ndarray:
+def _audio(cfg: SynthAVConfig, label: int, rng: np.random.Generator, cues: bool = True) -> np.ndarray:
     n = int(cfg.sample_rate * cfg.seconds * rng.uniform(0.8, 1.2))
     t = np.arange(n) / cfg.sample_rate
-    present = rng.random() < cfg.audio_present
+    present = rng.random() < cfg.audio_present and cues
     if not present and cfg.audio_distractor == "other_class":  # a misleading cue: another class's cue
         label, present = (label + 1 + rng.integers(0, cfg.classes - 1)) % cfg.classes, True
     if cfg.audio_cue == "melody":
@@ -118,11 +121,12 @@ def _finish(cfg: SynthAVConfig, cue: np.ndarray, rng: np.random.Generator) -> np
     return (0.3 * x / np.abs(x).max() * 32767).astype(np.int16)
 
 
-def _video(cfg: SynthAVConfig, label: int, rng: np.random.Generator, seconds: float) -> np.ndarray:
+def _video(cfg: SynthAVConfig, label: int, rng: np.random.Generator, seconds: float,
+           cues: bool = True) -> np.ndarray:
     n = max(1, int(round(seconds * cfg.video_fps)))
     s = cfg.video_size
     yy, xx = np.mgrid[0:s, 0:s] / s
-    present = rng.random() < cfg.visual_present
+    present = rng.random() < cfg.visual_present and cues
     # orientations in [0, pi/2]: a horizontal flip maps theta to pi - theta, so classes stay distinct under flips
     step = (np.pi / 2) / (cfg.classes - 1)
     angle = step * label if present else step * (rng.integers(0, cfg.classes - 1) + 0.5)
@@ -168,17 +172,21 @@ def generate(root: str | Path, cfg: SynthAVConfig) -> Path:
         raise ValueError(f"synth_av.audio_cue must be chord or melody, got {cfg.audio_cue!r}")
     if cfg.audio_distractor not in ("neutral", "other_class"):
         raise ValueError(f"synth_av.audio_distractor must be neutral or other_class, got {cfg.audio_distractor!r}")
-    rng = np.random.default_rng(cfg.seed)
+    # one random stream for the dataset's structure and one per modality: a modality's parameters change its
+    # own media only, so the stand-in can be calibrated one modality at a time
+    rng, audio_rng, visual_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3))
     labels = [i % cfg.classes for i in range(cfg.clips)]
     rng.shuffle(labels)
     names = clip_names(cfg.clips, labels)
     (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
     (root / "VideoFlash").mkdir(parents=True, exist_ok=True)
-    for name, label in zip(names, labels):
-        audio = _audio(cfg, label, rng)
+    ambiguous = rng.random(cfg.clips) < cfg.shared_absence
+    for name, label, no_cue in zip(names, labels, ambiguous):
+        audio = _audio(cfg, label, audio_rng, cues=not no_cue)
         atomic_write_bytes(root / "AudioWAV" / f"{name}.wav",
                            lambda tmp: scipy.io.wavfile.write(tmp, cfg.sample_rate, audio))
-        _write_flv(root / "VideoFlash" / f"{name}.flv", _video(cfg, label, rng, len(audio) / cfg.sample_rate),
+        _write_flv(root / "VideoFlash" / f"{name}.flv",
+                   _video(cfg, label, visual_rng, len(audio) / cfg.sample_rate, cues=not no_cue),
                    cfg.video_fps)
     order = rng.permutation(cfg.clips)
     n_test = int(round(cfg.test_fraction * cfg.clips))

@@ -32,7 +32,7 @@ from ..registry import register
 from .cache import atomic_write_bytes, ensure_generated, is_prepared
 from .kinetics_sounds import AUDIO_DIR, CLASSES_FILE, FRAME_DIR, LABELS, SPLIT_FILES, KineticsSounds
 
-GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
+GENERATOR_VERSION = 3  # bump when a change to the generator changes the media it writes
 STAMP = "synth_ks.txt"
 ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 LOW_TONE_HZ = 300.0  # the low tone's first grid value
@@ -156,7 +156,9 @@ def generate(root: str | Path, cfg: SynthKSConfig) -> Path:
     """Write the dataset under ``root`` (classes.txt, audio/, visual/Image-01-FPS/, the split files, the stamp)."""
     cfg.check()
     root = Path(root)
-    rng = np.random.default_rng(cfg.seed)
+    # one random stream for the dataset's structure and one per modality: a modality's parameters change its
+    # own media only, so the stand-in can be calibrated one modality at a time
+    rng, audio_rng, visual_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3))
     labels = [i % cfg.classes for i in range(cfg.clips)]
     rng.shuffle(labels)
     names = clip_ids(cfg.clips, rng)
@@ -164,10 +166,10 @@ def generate(root: str | Path, cfg: SynthKSConfig) -> Path:
     for name, label in zip(names, labels):
         seconds = round(cfg.seconds * rng.uniform(0.85, 1.15), 2)
         durations.append(seconds)
-        audio = _audio(cfg, label, rng, seconds)
+        audio = _audio(cfg, label, audio_rng, seconds)
         atomic_write_bytes(root / AUDIO_DIR / f"{name}.wav",
                            lambda tmp, audio=audio: scipy.io.wavfile.write(tmp, cfg.sample_rate, audio))
-        for k, pixels in enumerate(_frames(cfg, label, rng, max(3, int(seconds))), start=1):
+        for k, pixels in enumerate(_frames(cfg, label, visual_rng, max(3, int(seconds))), start=1):
             _write_jpeg(root / FRAME_DIR / name / f"frame_{k:05d}.jpg", pixels, cfg.jpeg_quality)
     atomic_write_bytes(root / CLASSES_FILE,
                        lambda tmp: tmp.write_text("".join(f"{c}\n" for c in LABELS[: cfg.classes])))

@@ -26,7 +26,7 @@ from ..registry import register
 from .cache import atomic_write_bytes, ensure_generated, is_prepared
 from .nvgesture import LABELS, LIST_FILES, NVGesture
 
-GENERATOR_VERSION = 1  # bump when a change to the generator changes the media it writes
+GENERATOR_VERSION = 2  # bump when a change to the generator changes the media it writes
 STAMP = "synth_nvgesture.txt"
 
 
@@ -41,6 +41,9 @@ class SynthNVGestureConfig:
     rgb_present: float = 0.6  # probability that a clip carries its class's colour
     depth_present: float = 0.95  # ... its class's depth level
     flow_present: float = 0.5  # ... its class's direction of motion
+    # probability that a clip carries no cue in any modality (an ambiguous gesture): the modalities then share
+    # their hard clips, as real sensors of one gesture do, and fusing them gains less than independent cues would
+    shared_absence: float = 0.0
     rgb_noise: float = 0.3  # std of per-pixel noise (pixel values in [0, 1])
     depth_noise: float = 0.03  # std of per-pixel noise (depth values in [0, 1])
     flow_noise: float = 0.5  # std of per-pixel flow noise, relative to the gesture's speed
@@ -63,7 +66,7 @@ class SynthNVGestureConfig:
         if self.frames < 1 or self.frame_size < 8 or self.frame_size % 2:
             raise ValueError(f"synth_nvgesture: frames must be >= 1 and frame_size an even number >= 8, got "
                              f"{self.frames}, {self.frame_size}")
-        for name in ("rgb_present", "depth_present", "flow_present"):
+        for name in ("rgb_present", "depth_present", "flow_present", "shared_absence"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"synth_nvgesture.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -76,12 +79,17 @@ def _cue(present_prob: float, label: int, classes: int, rng: np.random.Generator
     return (rng.integers(0, classes) + 0.5) / classes
 
 
-def _gesture(cfg: SynthNVGestureConfig, label: int, rng: np.random.Generator, length: int, start: int):
-    """(rgb uint8 (L, S, S, 3), depth uint8 (L, S, S, 3 grey), flow float32 (frames, 2, S, S) pixels/frame)."""
+def _gesture(cfg: SynthNVGestureConfig, label: int, rngs: dict[str, np.random.Generator], length: int,
+             start: int):
+    """(rgb uint8 (L, S, S, 3), depth uint8 (L, S, S, 3 grey), flow float32 (frames, 2, S, S) pixels/frame).
+    ``rngs``: a stream for the shared geometry and one per modality (its cue and its noise)."""
     s, k = cfg.frame_size, cfg.classes
-    direction = 2 * np.pi * _cue(cfg.flow_present, label, k, rng) + rng.normal(0, 0.05)
-    hue = _cue(cfg.rgb_present, label, k, rng) + rng.normal(0, 0.005)
-    level = 0.35 + 0.6 * _cue(cfg.depth_present, label, k, rng) * k / max(k - 1, 1) + rng.normal(0, 0.005)
+    rng = rngs["geometry"]
+    cues = 0.0 if rng.random() < cfg.shared_absence else 1.0  # 0: no modality carries its class's cue
+    direction = 2 * np.pi * _cue(cues * cfg.flow_present, label, k, rngs["flow"]) + rngs["flow"].normal(0, 0.05)
+    hue = _cue(cues * cfg.rgb_present, label, k, rngs["rgb"]) + rngs["rgb"].normal(0, 0.005)
+    level = 0.35 + 0.6 * _cue(cues * cfg.depth_present, label, k, rngs["depth"]) * k / max(k - 1, 1) + \
+        rngs["depth"].normal(0, 0.005)
     speed = cfg.speed * rng.uniform(0.8, 1.2)
     step = speed * np.array([np.cos(direction), np.sin(direction)])  # (dx, dy) per frame, frame sizes
     radius = cfg.hand_size * rng.uniform(0.9, 1.1)
@@ -95,15 +103,15 @@ def _gesture(cfg: SynthNVGestureConfig, label: int, rng: np.random.Generator, le
         dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / radius
         disc = np.clip((1.0 - dist) * 6.0, 0.0, 1.0)  # soft edge
         img = background * (1 - disc[..., None]) + colour * disc[..., None]
-        img = img + rng.normal(0, cfg.rgb_noise, size=(s, s, 3))
+        img = img + rngs["rgb"].normal(0, cfg.rgb_noise, size=(s, s, 3))
         rgb.append((np.clip(img, 0, 1) * 255).astype(np.uint8))
         dome = np.sqrt(np.clip(1.0 - dist**2, 0.0, 1.0))
         d = 0.15 * (1 - disc) + disc * level * (0.85 + 0.15 * dome)
-        d = d + rng.normal(0, cfg.depth_noise, size=(s, s))
+        d = d + rngs["depth"].normal(0, cfg.depth_noise, size=(s, s))
         depth.append(np.repeat((np.clip(d, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2))
         if start <= t < start + cfg.frames:
             field = disc[None] * (step * s)[:, None, None]  # pixels per frame inside the disc
-            field = field + rng.normal(0, cfg.flow_noise * speed * s, size=(2, s, s))
+            field = field + rngs["flow"].normal(0, cfg.flow_noise * speed * s, size=(2, s, s))
             flow.append(field.astype(np.float32))
     return np.stack(rgb), np.stack(depth), np.stack(flow)
 
@@ -131,7 +139,10 @@ def generate(root: str | Path, cfg: SynthNVGestureConfig) -> Path:
     """Write the dataset under ``root`` (Video_data/, flow_data/, the two list files, then the stamp)."""
     cfg.check()
     root = Path(root)
-    rng = np.random.default_rng(cfg.seed)
+    # one random stream for the dataset's structure and geometry and one per modality: a modality's parameters
+    # change its own cue and noise only, so the stand-in can be calibrated one modality at a time
+    rng, *streams = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(4))
+    rngs = {"geometry": rng, **dict(zip(("rgb", "depth", "flow"), streams))}
     labels = [i % cfg.classes for i in range(cfg.clips)]
     rng.shuffle(labels)
     order = rng.permutation(cfg.clips)
@@ -144,7 +155,7 @@ def generate(root: str | Path, cfg: SynthNVGestureConfig) -> Path:
             name = f"Video_data/{LABELS[label]}/subject{i % 20 + 1}_r{i // 20}"
             lead, tail = int(rng.integers(0, 4)), int(rng.integers(0, 3))
             start, end = lead, lead + cfg.frames
-            rgb, depth, flow = _gesture(cfg, label, rng, end + tail, start)
+            rgb, depth, flow = _gesture(cfg, label, rngs, end + tail, start)
             write_avi(root / name / "sk_color.avi", rgb)
             write_avi(root / name / "sk_depth.avi", depth)
             atomic_write_bytes(root / "flow_data" / split / f"{line}.npy", lambda tmp, f=flow: _save_npy(tmp, f))
