@@ -167,27 +167,41 @@ def wrapped_title(fig, text: str, width: int = 150, fontsize: int = 8) -> None:
     fig.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=fontsize)
 
 
+# metrics shown relative to the table's first row (ours on a CPU, the paper's on its GPUs: only ratios compare)
+RELATIVE_METRICS = ("overhead_min", "epoch_s")
+
+
 def comparison_figure(results: dict, title: str, columns: list[str] | None = None, per_row: int = 4):
     """One panel per column of ours (``tables.ours_columns``): our mean ± std over seeds per row (bars) and the
-    paper's value (black diamonds; the scales differ: other data, other models), the axis in the metric's unit."""
+    paper's value (black diamonds; the scales differ: other data, other models), the axis in the metric's unit.
+    A panel lists the rows that have a cell in its column (a pending one is marked); training times are drawn
+    relative to the first row's (ours: CPU minutes, the paper's: GPU minutes)."""
     import matplotlib.pyplot as plt
 
     from .tables import ours_columns
 
     columns = columns or ours_columns(results)
-    rows = list(results)
+    panel_rows = {col: [r for r in results if col in results[r]] for col in columns}
+    shared = all(rows == panel_rows[columns[0]] for rows in panel_rows.values())
+    longest = max(len(rows) for rows in panel_rows.values())
     ncols = min(per_row, len(columns))
     nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 0.24 * len(rows) * nrows + 1.4 * nrows + 0.8),
-                             squeeze=False, sharey=True, layout="constrained")
-    y = np.arange(len(rows))
-    for ax, col in zip(axes.flat, columns):
-        cells = [results[r].get(col) or {} for r in rows]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 0.24 * longest * nrows + 1.4 * nrows + 0.8),
+                             squeeze=False, sharey=shared, layout="constrained")
+    for k, (ax, col) in enumerate(zip(axes.flat, columns)):
+        rows = panel_rows[col]
+        y = np.arange(len(rows))
+        cells = [results[r][col] for r in rows]
         ours = np.array([np.nan if c.get("mean") is None else c["mean"] for c in cells], dtype=float)
         err = np.array([c.get("std") or 0.0 for c in cells], dtype=float)
         theirs = np.array([np.nan if c.get("paper") is None else c["paper"] for c in cells], dtype=float)
         seeds = max((c.get("seeds") or 0 for c in cells), default=0)
         metric = next((c["metric"] for c in cells if c.get("metric")), "acc")
+        xlabel = METRIC_LABELS.get(metric, metric)
+        if metric in RELATIVE_METRICS:  # ratios to the first row, for ours and for the paper
+            ours, err = ours / ours[0], err / ours[0]
+            theirs = theirs / theirs[0]
+            xlabel = f"{xlabel.split(' (')[0]} relative to {rows[0]}"
         ax.barh(y, ours, xerr=err, color="C0", alpha=0.75, label=f"ours (mean ± std, {seeds} seeds)")
         if np.isfinite(theirs).any():
             ax.plot(theirs, y, "kD", ms=4, label="paper (their data)")
@@ -196,19 +210,22 @@ def comparison_figure(results: dict, title: str, columns: list[str] | None = Non
         if finite.size:
             lo, hi = finite.min(), finite.max()
             pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
-            ax.set_xlim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+            ax.set_xlim(0.0 if metric in RELATIVE_METRICS else (max(0.0, lo - pad) if lo >= 0 else lo - pad),
+                        hi + pad)
         for i, c in enumerate(cells):
             if c.get("pending"):
                 ax.annotate("pending", (0.02, i), xycoords=("axes fraction", "data"), va="center", fontsize=6,
                             color="grey")
+        if not shared or k % ncols == 0:
+            ax.set_yticks(y, rows)
+        if not shared or k == 0:
+            ax.invert_yaxis()
         ax.set_title(col, fontsize=9)
-        ax.set_xlabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="x", alpha=0.3)
     for ax in axes.flat[len(columns):]:
         ax.axis("off")
-    axes[0, 0].set_yticks(y, rows)
-    axes[0, 0].invert_yaxis()
     legend = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):

@@ -7,10 +7,10 @@ Per step, after the fused loss's backward:
     g     <- k^u g + h,  h ~ N(0, std(g)^2)                   (GE; std of the unscaled gradient, per tensor)
 applied to the encoder parameters of modality u.
 
-GE noise, two readings (``noise``): ``gradient`` (the paper's and the public code's: the std of the unscaled
-gradient) and ``scaled`` (h ~ N(0, (k^u std(g))^2): noise that keeps its ratio to the scaled gradient). Under
-Adam the update is normalised by the gradient's running magnitude, so the unscaled noise swamps a gradient scaled
-by k (the text encoder's steps become mostly noise); the text-image setups use ``scaled`` (params.yaml).
+GE's noise has one std per tensor, as large as a typical element of its gradient. SGD averages it out over steps;
+Adam normalises every element by its own running magnitude, so the noise dominates each update (the text
+encoder's steps become mostly noise, whether or not the noise is scaled by k: LOG.md). The setups trained with Adam
+(text-image) therefore run OGM without GE (``ge: false``, params.yaml), labelled as such.
 
 Paper defaults; the public code's deviations are named options: ``scope="conv_kernels"`` (only 4-D conv kernels are
 modulated; BN, biases and the head are not) and the modulation window ``start_epoch``/``end_epoch`` (code: 0..50).
@@ -29,7 +29,6 @@ from .base import Balancer
 class OGMGEConfig:
     alpha: float = 0.8  # modulation strength (the OGM-GE README's CREMA-D value; 0.1 for VGGSound)
     ge: bool = True  # generalisation enhancement: add Gaussian noise after scaling
-    noise: str = "gradient"  # GE noise std: gradient (std of the unscaled gradient, paper) | scaled (k x that)
     scope: str = "encoder"  # encoder (paper: all encoder parameters) | conv_kernels (public code)
     start_epoch: int = 0  # first epoch modulated
     end_epoch: int = -1  # last epoch modulated, inclusive; -1: to the end (public code: 50)
@@ -57,8 +56,6 @@ class OGMGE(Balancer):
         super().setup(model, optimizer, info)
         if self.cfg.scope not in ("encoder", "conv_kernels"):
             raise ValueError(f"ogm_ge.scope must be 'encoder' or 'conv_kernels', got {self.cfg.scope!r}")
-        if self.cfg.noise not in ("gradient", "scaled"):
-            raise ValueError(f"ogm_ge.noise must be 'gradient' or 'scaled', got {self.cfg.noise!r}")
         if len(model.modalities) < 2:
             raise ValueError("ogm_ge needs at least two modalities")
         self.params = {m: [p for p in model.encoder_parameters(m)
@@ -82,8 +79,6 @@ class OGMGE(Balancer):
                 continue
             if self.cfg.ge:
                 stds = [g.std() if g.numel() > 1 else torch.zeros((), device=g.device) for g in grads]
-                if self.cfg.noise == "scaled":
-                    stds = [sd * coeffs[m] for sd in stds]
                 torch._foreach_mul_(grads, coeffs[m])
                 for g, sd in zip(grads, stds):
                     g.add_(torch.randn_like(g) * (sd + 1e-8))
