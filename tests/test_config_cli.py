@@ -120,3 +120,31 @@ def test_cli_errors_are_clear(crema_copy, capsys):
     (crema_copy / "train.csv").write_text("clip,LABEL\n")
     assert main(["prepare", "--dataset", "crema_d", "--root", str(crema_copy)]) == 2
     assert "unknown label 'LABEL'" in capsys.readouterr().err
+
+
+def test_show_prints_a_cells_config_and_run_identity(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MMLIB_RESULTS", str(tmp_path))
+    assert main(["show", "--profile", "ci", "--section", "amss_02_table2", "--cell", "AMSS", "KS/acc", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "name: amss" in out and "seed: 1" in out and "dataset: synth_ks" in out
+    for key in ("config_hash:", "data_fingerprint:", "code_version:", "run_hash:", "record: not trained yet"):
+        assert key in out, key
+    assert main(["show", "--profile", "ci", "--cell", "AMSS", "KS/acc"]) == 2
+    assert "--cell needs --section" in capsys.readouterr().err
+
+
+def test_progress_goes_to_its_file_and_never_to_stdout(tmp_path, monkeypatch, capsys):
+    from mmlib.progress import progress_bar
+
+    target = tmp_path / "progress"
+    monkeypatch.setenv("MMLIB_PROGRESS", str(target))
+    with progress_bar(3, "runs") as bar:
+        for _ in range(3):
+            bar.update(1)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert "runs" in target.read_text() and "3/3" in target.read_text()
+    monkeypatch.delenv("MMLIB_PROGRESS")
+    with progress_bar(2, "quiet") as bar:  # stderr is not a terminal here (as in a notebook kernel): nothing
+        bar.update(2)
+    assert capsys.readouterr() == ("", "")
