@@ -11,10 +11,15 @@ becomes a run:
 - the metric of a cell is the last part of its column name (``acc``, ``map``, ``macf1``, ``overhead_min``,
   ``mean_rho1``...; see ``METRICS``) or ``metric`` in the column spec; default ``acc``.
 
-A cell is ``row spec + column spec`` (their ``params`` and ``set`` merged); cells are made for every
+A cell is ``row spec + column spec`` (their ``params``, ``set`` and ``sweep`` merged); cells are made for every
 (row, column) where the paper prints a number (every row x column with ``grid: true``, for figures that print
 none), plus ``extra_cells``. Cells that resolve to one configuration
 share its runs, and the run store caches by hash, so a baseline trained for one table is reused by the next.
+
+A cell's values are one per *model*: every seed, times every member of its ``sweep`` (dotted key -> a list of
+values, ``{log_uniform: [lo, hi], count: n, seed: s}`` drawn once, or ``{log_space: [lo, hi], count: n}``), e.g.
+the Greedy paper's models at learning rates sampled from an interval. A row ``{best_of: [row, ...]}`` takes, in
+each column, the entry of the named rows with the best mean (the paper's "uni-modal (best)").
 """
 from __future__ import annotations
 
@@ -38,6 +43,36 @@ class Cell:
     overrides: dict = field(default_factory=dict)  # dotted key -> value
     metric: str = "acc"
     pending: str = ""  # why this cell is not run (e.g. its method lands with a later paper)
+    sweep: dict = field(default_factory=dict)  # dotted key -> value spec: one model per member and seed
+    best_of: list = field(default_factory=list)  # rows whose best entry in this column is this cell's
+
+
+def sweep_values(key: str, spec) -> list:
+    """The values of one ``sweep`` key: a list as given, ``{log_uniform: [lo, hi], count, seed}`` (seeded draws,
+    sorted) or ``{log_space: [lo, hi], count}`` (geometric grid)."""
+    if isinstance(spec, list):
+        return list(spec)
+    if isinstance(spec, dict) and set(spec) <= {"log_uniform", "log_space", "count", "seed"} and "count" in spec \
+            and len(set(spec) & {"log_uniform", "log_space"}) == 1:
+        (kind,) = set(spec) & {"log_uniform", "log_space"}
+        lo, hi = spec[kind]
+        count = spec["count"]
+        if not (0 < lo < hi) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"sweep {key}: {kind} needs 0 < lo < hi and count >= 1, got {spec}")
+        if kind == "log_space":
+            return [float(v) for v in np.geomspace(lo, hi, count)]
+        draws = np.random.default_rng(spec.get("seed", 0)).uniform(np.log(lo), np.log(hi), count)
+        return [float(v) for v in np.sort(np.exp(draws))]
+    raise ValueError(f"sweep {key}: expected a list, {{log_uniform: [lo, hi], count: n}} or "
+                     f"{{log_space: [lo, hi], count: n}}, got {spec!r}")
+
+
+def members(cell: Cell) -> list[dict]:
+    """The dotted overrides of each member of the cell's sweep (``[{}]`` without one), in a fixed order."""
+    out = [{}]
+    for key in sorted(cell.sweep):
+        out = [{**m, key: v} for m in out for v in sweep_values(key, cell.sweep[key])]
+    return out
 
 
 def _mean_rho(index: int) -> Callable[[RunRecord], float]:
@@ -51,7 +86,7 @@ def _mean_rho(index: int) -> Callable[[RunRecord], float]:
 
 
 # metric name -> value of one run; percentages for classification metrics
-METRICS: dict[str, Callable[[RunRecord], float]] = {
+METRICS: dict[str, Callable[[RunRecord], float]] = {  # "inside:<modality>" is metric_function's
     "acc": lambda r: 100 * r.final["test"]["acc"],
     "map": lambda r: 100 * r.final["test"]["map"],
     "macf1": lambda r: 100 * r.final["test"]["f1"],
@@ -62,6 +97,24 @@ METRICS: dict[str, Callable[[RunRecord], float]] = {
     "mean_rho2": _mean_rho(1),
     "mean_rho3": _mean_rho(2),
 }
+
+
+INSIDE = "inside:"  # inside:<modality>: the modality's accuracy inside the model (its first unimodal protocol)
+
+
+def metric_function(metric: str) -> Callable[[RunRecord], float]:
+    """``METRICS[metric]``, or for ``inside:<modality>`` the modality's test accuracy (%) inside the model (a
+    unimodal run's own accuracy)."""
+    if metric in METRICS:
+        return METRICS[metric]
+    if metric.startswith(INSIDE) and len(metric) > len(INSIDE):
+        modality = metric[len(INSIDE):]
+
+        def inside(record: RunRecord) -> float:
+            protocols = record.config["train"]["protocols"]
+            return 100 * record.unimodal_acc(modality, protocols[0] if protocols else "zero_feature")
+        return inside
+    raise KeyError(f"unknown metric {metric!r}; metrics are {sorted(METRICS)} and {INSIDE}<modality>")
 
 
 def _column_spec(section: dict, column: str) -> tuple[dict, str]:
@@ -77,8 +130,10 @@ def _column_spec(section: dict, column: str) -> tuple[dict, str]:
         spec = columns[prefix]
     spec = {"setup": spec} if isinstance(spec, str) else dict(spec)
     metric = spec.pop("metric", None) or metric or "acc"
-    if metric not in METRICS:
-        raise KeyError(f"column {column!r}: unknown metric {metric!r}; metrics are {sorted(METRICS)}")
+    try:
+        metric_function(metric)
+    except KeyError as err:
+        raise KeyError(f"column {column!r}: {err.args[0]}") from None
     return spec, metric
 
 
@@ -91,14 +146,19 @@ def make_cell(section: dict, row: str, column: str) -> Cell:
     setup = cspec.pop("setup", None) or section.get("setup")
     if setup is None:
         raise KeyError(f"cell ({row!r}, {column!r}) has no setup: give the column one or the section a `setup`")
-    unknown = (set(rspec) - {"balancer", "params", "set", "pending"}) | \
-              (set(cspec) - {"params", "set", "balancer"})
+    unknown = (set(rspec) - {"balancer", "params", "set", "pending", "sweep", "best_of"}) | \
+              (set(cspec) - {"params", "set", "balancer", "sweep"})
     if unknown:
         raise KeyError(f"cell ({row!r}, {column!r}): unknown key(s) {sorted(unknown)}")
+    best_of = list(rspec.get("best_of") or [])
+    missing = [r for r in best_of if r not in rows]
+    if missing:
+        raise KeyError(f"row {row!r}: best_of names rows {missing} that are not in the section's rows")
     return Cell(setup=setup, balancer=rspec.get("balancer") or cspec.get("balancer") or "naive",
                 params=deep_merge(rspec.get("params") or {}, cspec.get("params") or {}),
                 overrides={**(cspec.get("set") or {}), **(rspec.get("set") or {})},
-                metric=metric, pending=rspec.get("pending", ""))
+                metric=metric, pending=rspec.get("pending", ""),
+                sweep={**(cspec.get("sweep") or {}), **(rspec.get("sweep") or {})}, best_of=best_of)
 
 
 def paper_table(params: dict, section_name: str) -> PaperTable:
@@ -121,6 +181,9 @@ def table_cells(params: dict, section_name: str, paper: PaperTable | None = None
                 cells[(r["method"], column)] = make_cell(section, r["method"], column)
     for row, column in section.get("extra_cells", []):
         cells[(row, column)] = make_cell(section, row, column)
+    for (row, column), cell in list(cells.items()):  # the rows a best-of cell chooses from, in its column
+        for candidate in cell.best_of:
+            cells.setdefault((candidate, column), make_cell(section, candidate, column))
     return cells
 
 
@@ -133,8 +196,10 @@ def setup_label(params: dict, setup: str) -> str:
     return f"{cfg.data.dataset} ({'embedded' if embedded else 'real'} data)"
 
 
-def cell_config(params: dict, cell: Cell, seed: int, section: str | None = None) -> ExperimentConfig:
-    """base <- setups[cell.setup].experiment <- section.experiment <- the cell's balancer and overrides."""
+def cell_config(params: dict, cell: Cell, seed: int, section: str | None = None,
+                member: dict | None = None) -> ExperimentConfig:
+    """base <- setups[cell.setup].experiment <- section.experiment <- the cell's balancer and overrides <- the
+    sweep ``member``'s overrides."""
     setups = params.get("setups", {})
     if cell.setup not in setups:
         raise KeyError(f"unknown setup {cell.setup!r}; params.yaml setups: {sorted(setups)}")
@@ -149,7 +214,7 @@ def cell_config(params: dict, cell: Cell, seed: int, section: str | None = None)
     if cell.balancer == "unimodal" and isinstance(bparams.get("modality"), int):
         bparams["modality"] = probe.data.modalities[bparams["modality"]]
     return experiment_config(merged, section, **{"balancer.name": cell.balancer, "balancer.params": bparams,
-                                                 "train.seed": seed, **cell.overrides})
+                                                 "train.seed": seed, **cell.overrides, **(member or {})})
 
 
 def section_seeds(params: dict, section_name: str) -> list[int]:
@@ -158,17 +223,18 @@ def section_seeds(params: dict, section_name: str) -> list[int]:
 
 def run_cells(params: dict, section_name: str, cells: dict, seeds: list[int] | None = None,
               workers: int | None = None) -> dict[tuple[str, str], list[RunRecord]]:
-    """Run every cell (not pending) for every seed; identical configurations run once."""
+    """Run every cell (not pending, not best-of) for every sweep member and seed; identical configurations run
+    once."""
     seeds = seeds if seeds is not None else section_seeds(params, section_name)
     workers = workers or params.get("replication", {}).get("workers", 1)
-    configs = {key: [cell_config(params, cell, s, section_name) for s in seeds]
-               for key, cell in cells.items() if not cell.pending}
+    configs = {key: [cell_config(params, cell, s, section_name, member) for member in members(cell) for s in seeds]
+               for key, cell in cells.items() if not cell.pending and not cell.best_of}
     records = iter(sweep([c for cs in configs.values() for c in cs], workers=workers, desc=section_name))
     return {key: [next(records) for _ in cs] for key, cs in configs.items()}
 
 
 def cell_values(cells: dict, runs: dict) -> dict[tuple[str, str], list[float]]:
-    return {key: [METRICS[cells[key].metric](r) for r in recs] for key, recs in runs.items()}
+    return {key: [metric_function(cells[key].metric)(r) for r in recs] for key, recs in runs.items()}
 
 
 def _fmt(mean: float, std: float | None, n: int, metric: str) -> str:
@@ -195,13 +261,20 @@ def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, p
     wide = pd.DataFrame("", index=pd.Index(list(dict.fromkeys(rows_order)), name="method"),
                         columns=list(dict.fromkeys(cols_order)))
     long_rows, results = [], {}
-    for (row, col), cell in cells.items():
+    ordered = sorted(cells.items(), key=lambda item: bool(item[1].best_of))  # best-of cells after their rows
+    for (row, col), cell in ordered:
         paper_value = paper.value(row, col) if row in paper.methods and col in paper.columns else None
         paper_txt = "–" if paper_value is None else f"{paper_value:g}"
         entry = {"metric": cell.metric, "paper": paper_value}
         if cell.pending:
             entry.update(mean=None, std=None, seeds=0, values=[], pending=cell.pending)
             wide.loc[row, col] = f"pending ({paper_txt})"
+        elif cell.best_of:
+            measured = [(r, results[r][col]) for r in cell.best_of if results[r][col]["mean"] is not None]
+            chosen, best = max(measured, key=lambda item: item[1]["mean"])
+            entry.update({k: best[k] for k in ("mean", "std", "seeds", "values")}, chosen=chosen)
+            wide.loc[row, col] = f"{_fmt(entry['mean'], entry['std'], entry['seeds'], cell.metric)} [{chosen}] " \
+                                 f"({paper_txt})"
         else:
             vals = [float(v) for v in values[(row, col)]]
             mean = float(np.mean(vals))
@@ -211,7 +284,8 @@ def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, p
         results.setdefault(row, {})[col] = entry
         long_rows.append({"cell": f"{row} | {col}", "method": row, "column": col, "ours_mean": entry["mean"],
                           "ours_std": entry["std"], "seeds": entry["seeds"], "paper": paper_value,
-                          "note": f"pending: {cell.pending}" if cell.pending else ""})
+                          "note": f"pending: {cell.pending}" if cell.pending else
+                          (f"best of {', '.join(cell.best_of)}: {entry['chosen']}" if cell.best_of else "")})
     return wide, pd.DataFrame(long_rows), results
 
 

@@ -156,6 +156,47 @@ def test_run_metrics():
         tables.METRICS["mean_rho1"](RunRecord(**{**rec.__dict__, "steps": {}}))
 
 
+def test_sweep_members_best_of_rows_and_inside_metrics():
+    """A sweep gives one model per member and seed (log-uniform draws fixed by their seed); a best-of row takes the
+    best candidate per column; inside:<modality> reads the modality's accuracy inside the model."""
+    spec = {"log_uniform": [1e-5, 1.0], "count": 5, "seed": 3}
+    lrs = tables.sweep_values("optim.lr", spec)
+    assert lrs == tables.sweep_values("optim.lr", spec) and lrs == sorted(lrs) and len(set(lrs)) == 5
+    assert all(1e-5 <= v <= 1.0 for v in lrs) and tables.sweep_values("x", [1, 2]) == [1, 2]
+    assert tables.sweep_values("x", {"log_space": [1e-3, 1.0], "count": 4}) == pytest.approx([1e-3, 1e-2, 1e-1, 1.0])
+    with pytest.raises(ValueError, match="sweep optim.lr: log_uniform needs 0 < lo < hi"):
+        tables.sweep_values("optim.lr", {"log_uniform": [1.0, 0.1], "count": 2})
+    cell = tables.Cell(setup="s", sweep={"optim.lr": [0.1, 0.01], "train.batch_size": [8, 16]})
+    assert tables.members(cell) == [{"optim.lr": 0.1, "train.batch_size": 8}, {"optim.lr": 0.1, "train.batch_size": 16},
+                                    {"optim.lr": 0.01, "train.batch_size": 8}, {"optim.lr": 0.01, "train.batch_size": 16}]
+    assert tables.members(tables.Cell(setup="s")) == [{}]
+
+    paper = PaperTable(source="Test", caption="", columns=["A/acc"], rows=[
+        {"method": "best", "values": {"A/acc": 70.0}}, {"method": "joint", "values": {"A/acc": 72.0}}])
+    sec = {"paper": "test/t", "columns": {"A": {"setup": "setup_a", "sweep": {"optim.lr": [0.1, 0.01]}}},
+           "rows": {"best": {"best_of": ["m0", "m1"]}, "m0": {"balancer": "unimodal", "params": {"modality": 0}},
+                    "m1": {"balancer": "unimodal", "params": {"modality": 1}}, "joint": {}}}
+    cells = tables.table_cells({"t": sec, "root": "."}, "t", paper)
+    assert set(cells) == {("best", "A/acc"), ("m0", "A/acc"), ("m1", "A/acc"), ("joint", "A/acc")}
+    assert cells[("m0", "A/acc")].sweep == {"optim.lr": [0.1, 0.01]}
+    runs = {("m0", "A/acc"): [fake_record(0.6, 0), fake_record(0.62, 1)],
+            ("m1", "A/acc"): [fake_record(0.8, 0), fake_record(0.7, 1)],
+            ("joint", "A/acc"): [fake_record(0.9, 0), fake_record(0.9, 1)]}
+    wide, long, results = tables.compare(cells, runs, paper)
+    assert results["best"]["A/acc"]["chosen"] == "m1" and results["best"]["A/acc"]["mean"] == pytest.approx(75.0)
+    assert wide.loc["best", "A/acc"] == "75.0 ± 7.1 [m1] (70)"
+    assert long.set_index("cell").loc["best | A/acc", "note"] == "best of m0, m1: m1"
+    with pytest.raises(KeyError, match=r"best_of names rows \['m2'\]"):
+        tables.make_cell({**sec, "rows": {"best": {"best_of": ["m2"]}}}, "best", "A/acc")
+
+    rec = fake_record(0.75, 0)
+    rec.config["train"]["protocols"] = ["zero_feature"]
+    rec.final["test"]["unimodal"] = {"zero_feature": {"audio": {"acc": 0.4}, "visual": {"acc": 0.3}}}
+    assert tables.metric_function("inside:visual")(rec) == pytest.approx(30.0)
+    with pytest.raises(KeyError, match="unknown metric 'inside:'"):
+        tables.metric_function("inside:")
+
+
 def test_parallel_sweep_equals_sequential_runs(make_config, prepared_layout, tmp_path):
     cfgs = [make_config(prepared_layout, **{"train.epochs": 1, "train.threads": 1, "train.seed": s}) for s in (0, 1)]
     parallel = experiments.sweep(cfgs, root=tmp_path / "parallel", workers=2)
