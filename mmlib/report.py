@@ -157,7 +157,17 @@ def mean_curve(records: list[RunRecord], split: str, key: Callable[[dict], float
 METRIC_LABELS = {"acc": "test accuracy (%)", "map": "test mAP (%)", "macf1": "test macro-F1 (%)",
                  "f1": "test macro-F1 (%)", "overhead_min": "training time (minutes)",
                  "epoch_s": "training time per epoch (s)", "mean_rho1": "mean update ratio ρ of modality 1",
-                 "mean_rho2": "mean update ratio ρ of modality 2", "mean_rho3": "mean update ratio ρ of modality 3"}
+                 "mean_rho2": "mean update ratio ρ of modality 2", "mean_rho3": "mean update ratio ρ of modality 3",
+                 "d_util": "d_util = u(m1|m0) − u(m0|m1)", "abs_d_util": "|d_util|",
+                 "d_speed": "d_speed = s(m1|m0) − s(m0|m1)", "abs_d_speed": "|d_speed|",
+                 "sparsity": "R(f): fraction of parameters < 1e-7", "miou": "test mIoU (%)"}
+
+
+def metric_label(metric: str) -> str:
+    """The axis label (with its unit) of a table metric."""
+    if metric.startswith("inside:"):
+        return f"test accuracy of {metric.split(':', 1)[1]} inside the model (%)"
+    return METRIC_LABELS.get(metric, metric)
 
 
 def wrapped_title(fig, text: str, width: int = 150, fontsize: int = 8) -> None:
@@ -197,7 +207,7 @@ def comparison_figure(results: dict, title: str, columns: list[str] | None = Non
         theirs = np.array([np.nan if c.get("paper") is None else c["paper"] for c in cells], dtype=float)
         seeds = max((c.get("seeds") or 0 for c in cells), default=0)
         metric = next((c["metric"] for c in cells if c.get("metric")), "acc")
-        xlabel = METRIC_LABELS.get(metric, metric)
+        xlabel = metric_label(metric)
         if metric in RELATIVE_METRICS:  # ratios to the first row, for ours and for the paper
             ours, err = ours / ours[0], err / ours[0]
             theirs = theirs / theirs[0]
@@ -231,6 +241,50 @@ def comparison_figure(results: dict, title: str, columns: list[str] | None = Non
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=2, fontsize=7)
+    wrapped_title(fig, title)
+    return fig
+
+
+def distribution_figure(results: dict, panels: Mapping[str, Mapping[str, tuple[str, str]]], title: str,
+                        bins: int = 15, per_row: int = 3):
+    """Histograms and Gaussian kernel density estimates of per-model values (the Greedy paper's Figs. 2, 5 and 7):
+    ``panels = {panel title: {legend label: (row, column)}}``, each (row, column) a cell of ``results`` whose
+    ``values`` are one per model. Zero, each distribution's mean (ours) and the paper's value, where it states one,
+    are dashed / dotted lines; the legend gives each label's mean and model count."""
+    import matplotlib.pyplot as plt
+    from scipy.stats import gaussian_kde
+
+    titles = list(panels)
+    ncols = min(per_row, len(titles))
+    nrows = -(-len(titles) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax, panel in zip(axes.flat, titles):
+        entries = {label: results[row][col] for label, (row, col) in panels[panel].items()}
+        values = [np.asarray(e["values"], dtype=float) for e in entries.values()]
+        everything = np.concatenate([v for v in values if v.size] or [np.zeros(1)])
+        lo, hi = float(everything.min()), float(everything.max())
+        pad = 0.1 * (hi - lo) if hi > lo else 0.1
+        edges = np.linspace(lo - pad, hi + pad, bins + 1)
+        grid = np.linspace(lo - pad, hi + pad, 200)
+        ax.axvline(0.0, color="grey", ls="--", lw=0.8)
+        for i, ((label, entry), v) in enumerate(zip(entries.items(), values)):
+            color = f"C{i}"
+            ax.hist(v, bins=edges, density=True, alpha=0.35, color=color)
+            if v.size > 2 and np.ptp(v) > 0:
+                ax.plot(grid, gaussian_kde(v)(grid), color=color, lw=1.2)
+            ax.axvline(float(v.mean()), color=color, ls="--", lw=1.2,
+                       label=f"{label}: mean {v.mean():+.2f} ({v.size} models)")
+            if entry.get("paper") is not None:
+                ax.axvline(entry["paper"], color=color, ls=":", lw=1.5, label=f"{label}: paper ≈ {entry['paper']:+g}")
+        metric = next(iter(entries.values()))["metric"]
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(metric_label(metric), fontsize=8)
+        ax.set_ylabel("density (models)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in axes.flat[len(titles):]:
+        ax.axis("off")
     wrapped_title(fig, title)
     return fig
 

@@ -146,6 +146,24 @@ def test_comparison_figure_draws_one_panel_per_column_of_ours():
     assert "embedded data" in fig.get_suptitle()
 
 
+def test_distribution_figure_draws_each_population_with_its_mean_and_the_papers():
+    import matplotlib
+    matplotlib.use("Agg")
+    from mmlib import report
+
+    results = {"distinct": {"D/d_util": {"values": [0.2, 0.4, 0.3, 0.5], "metric": "d_util", "paper": 0.3}},
+               "duplicated": {"D/d_util": {"values": [-0.1, 0.1, 0.05, -0.05], "metric": "d_util", "paper": None}}}
+    fig = report.distribution_figure(results, {"D": {"distinct": ("distinct", "D/d_util"),
+                                                     "duplicated": ("duplicated", "D/d_util")}}, "Ours: embedded")
+    ax = fig.axes[0]
+    assert ax.get_title() == "D" and ax.get_xlabel() == report.METRIC_LABELS["d_util"]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["distinct: mean +0.35 (4 models)", "distinct: paper ≈ +0.3", "duplicated: mean +0.00 (4 models)"]
+    dashed = sorted(round(float(line.get_xdata()[0]), 3) for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert dashed == [0.0, 0.0, 0.35]  # zero and each mean
+    assert report.metric_label("inside:audio") == "test accuracy of audio inside the model (%)"
+
+
 def test_run_metrics():
     rec = fake_record(0.75, 0, rho=(0.2, 0.8), seconds=90.0)
     assert tables.METRICS["acc"](rec) == pytest.approx(75.0)
