@@ -3,7 +3,8 @@
 Each file holds ``source``, ``caption``, ``columns`` (metric names in order), ``rows`` (each with
 ``method``, ``values`` {column: number or null} and optional ``marks`` {column: marker}), ``notes`` and
 ``claims``: the paper's qualitative "A beats B" statements that the notebook checks on our numbers, each
-``[better, worse, column]`` or ``[better, worse, [column, ...]]`` (column names of the notebook's table).
+``[better, worse, column]`` or ``[better, worse, [column, ...]]`` (column names of the notebook's table), with a
+fourth element ``abs`` where the claim is on the magnitude of the means (e.g. |E[d_util]|).
 Figures without numeric content have empty ``rows`` / ``values``.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PaperTable:
     notes: str = ""
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    claims: list[tuple[str, str, str]] = field(default_factory=list)  # (better, worse, column)
+    claims: list[tuple] = field(default_factory=list)  # (better, worse, column) or (better, worse, column, "abs")
 
     @property
     def methods(self) -> list[str]:
@@ -124,14 +125,16 @@ def _parse(doc: Any, path: Path) -> PaperTable:
                       extra={k: v for k, v in doc.items() if k not in known})
 
 
-def _parse_claims(raw: Any, path: Path) -> list[tuple[str, str, str]]:
+def _parse_claims(raw: Any, path: Path) -> list[tuple]:
     claims = []
     for i, item in enumerate(raw or []):
-        ok = isinstance(item, list) and len(item) == 3 and all(isinstance(x, str) for x in item[:2])
+        ok = isinstance(item, list) and len(item) in (3, 4) and all(isinstance(x, str) for x in item[:2]) \
+            and (len(item) == 3 or item[3] == "abs")
         columns = item[2] if ok and isinstance(item[2], list) else ([item[2]] if ok else [])
         if not ok or not columns or not all(isinstance(c, str) for c in columns):
-            raise PaperTableError(f"{path}: claims[{i}] must be [better, worse, column or [columns]], got {item!r}")
-        claims.extend((item[0], item[1], c) for c in columns)
+            raise PaperTableError(f"{path}: claims[{i}] must be [better, worse, column or [columns]] (and "
+                                  f"optionally abs), got {item!r}")
+        claims.extend((item[0], item[1], c, *item[3:]) for c in columns)
     return claims
 
 

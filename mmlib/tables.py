@@ -332,14 +332,17 @@ def ordering(results: dict, paper: PaperTable, columns: list[str] | None = None)
     return pd.DataFrame.from_dict(out, orient="index")
 
 
-def claims(results: dict, comparisons: list[tuple[str, str, str]]) -> pd.DataFrame:
+def claims(results: dict, comparisons: list[tuple]) -> pd.DataFrame:
     """The paper's qualitative claims ``better > worse`` on ``column``, checked on our means over seeds (and on
-    the paper's numbers where it prints them). ``gap / s.e.`` is the gap of the means over its standard error
-    (Welch); a claim holds clearly when that exceeds 2, which needs several seeds."""
+    the paper's numbers where it prints them); a claim ``(better, worse, column, "abs")`` compares the magnitudes
+    of the means (|E[d_util]|, say). ``gap / s.e.`` is the gap over its standard error (Welch); a claim holds
+    clearly when that exceeds 2, which needs several seeds."""
     out = []
     columns = {col for entries in results.values() for col in entries}
     missing = {"mean": None, "paper": None, "seeds": 0}  # a cell the paper prints no number for
-    for better, worse, column in comparisons:
+    for better, worse, column, *kind in comparisons:
+        magnitude = kind == ["abs"]
+        size = abs if magnitude else (lambda v: v)
         unknown = [x for x in (better, worse) if x not in results] + ([column] if column not in columns else [])
         if unknown:
             raise KeyError(f"claim {better} > {worse} ({column}): {unknown} not in the table")
@@ -348,12 +351,13 @@ def claims(results: dict, comparisons: list[tuple[str, str, str]]) -> pd.DataFra
         ratio = None
         if measured and a["seeds"] > 1 and b["seeds"] > 1:
             se = np.sqrt(a["std"] ** 2 / a["seeds"] + b["std"] ** 2 / b["seeds"])
-            gap = a["mean"] - b["mean"]
+            gap = size(a["mean"]) - size(b["mean"])
             ratio = float(np.sign(gap) * np.inf) if se == 0 and gap else (0.0 if se == 0 else float(gap / se))
-        out.append({"claim": f"{better} > {worse} ({column})",
+        bar = (lambda v: f"|{v}|") if magnitude else (lambda v: v)
+        out.append({"claim": f"{bar(better)} > {bar(worse)} ({column})",
                     "ours": "–" if not measured else
                     f"{a['mean']:.2f} ± {a['std']:.2f} vs {b['mean']:.2f} ± {b['std']:.2f}",
-                    "holds in ours": None if not measured else bool(a["mean"] > b["mean"]),
+                    "holds in ours": None if not measured else bool(size(a["mean"]) > size(b["mean"])),
                     "gap / s.e.": None if ratio is None else round(ratio, 1),
                     "clearly (> 2 s.e.)": None if ratio is None else bool(ratio > 2),
                     "paper": "–" if a["paper"] is None or b["paper"] is None else f"{a['paper']:g} vs {b['paper']:g}"})

@@ -178,3 +178,27 @@ def test_other_malformations(tmp_path):
     root = _write(tmp_path, "source: [unclosed\n")
     with pytest.raises(PaperTableError, match="invalid YAML"):
         load_paper_table("fake", "t", root=root)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "data" / "paper").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_paper_file_of_every_paper_loads(path):
+    """Each paper's numbers load, use their declared columns, and their claims name rows or columns of a table."""
+    t = load_paper_table(path.parent.name, path.stem, root=ROOT)
+    assert t.source and t.caption
+    for r in t.rows:
+        assert set(r["values"]) <= set(t.columns) and set(r.get("std") or {}) <= set(r["values"])
+    for better, worse, column, *kind in t.claims:
+        assert kind in ([], ["abs"]) and better != worse and column
+
+
+def test_magnitude_claims_parse(tmp_path):
+    d = tmp_path / "data" / "paper" / "x"
+    d.mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text("{}")
+    (d / "f.yaml").write_text("source: s\ncaption: c\ncolumns: [A]\nrows: []\n"
+                              "claims:\n- [a, b, [A, B], abs]\n- [a, b, A]\n")
+    assert load_paper_table("x", "f", root=tmp_path).claims == [("a", "b", "A", "abs"), ("a", "b", "B", "abs"),
+                                                                 ("a", "b", "A")]
+    (d / "f.yaml").write_text("source: s\ncaption: c\ncolumns: [A]\nrows: []\nclaims:\n- [a, b, A, sign]\n")
+    with pytest.raises(PaperTableError, match=r"claims\[0\] must be"):
+        load_paper_table("x", "f", root=tmp_path)

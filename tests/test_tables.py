@@ -124,6 +124,11 @@ def test_compare_reports_ours_beside_the_papers_and_finds_gaps():
     assert tables.claims_counts(claims) == {"measured": 2, "holding": 1, "clearly": 1}
     with pytest.raises(KeyError, match=r"\['nobody'\] not in the table"):
         tables.claims(results, [("nobody", "base", "A/acc")])
+    signed = copy.deepcopy(results)
+    signed["base"]["A/acc"].update(mean=-70.0)  # |-70| > |60|: the magnitude claim holds, the signed one does not
+    both = tables.claims(signed, [("base", "ours", "A/acc", "abs"), ("base", "ours", "A/acc")])
+    assert both.index.tolist() == ["|base| > |ours| (A/acc)", "base > ours (A/acc)"]
+    assert both["holds in ours"].tolist() == [True, False]
 
 
 def test_comparison_figure_draws_one_panel_per_column_of_ours():
