@@ -4,7 +4,8 @@ A stand-in's ``calibration`` block (params.yaml, per setup and in the quickstart
 its baseline rows are calibrated on, each as ``"<paper>/<artifact> | <row> | <column>"`` (data/paper/):
 
 - ``only``: each modality's unimodal model;
-- ``naive``: naive joint training (Concat);
+- ``naive``: naive joint training (Concat; ``naive_balancer`` names the paper's own joint baseline where it is
+  another balancer, e.g. ``vanilla`` for the Greedy paper's sum of branch losses);
 - ``inside`` (where a paper reports it): each modality's accuracy inside the naive model and the unimodal accuracy
   it is compared with, ``[inside, only]``, plus ``paper_classes``, the paper's class count.
 

@@ -402,7 +402,7 @@ def calibration(params: dict, setups: list[str], seeds: list[int], workers: int 
         if not spec:
             raise KeyError(f"setups.{setup} has no calibration block (the paper's baseline rows it is calibrated on)")
         modalities = cell_config(params, Cell(setup=setup), 0).data.modalities
-        cells = {"naive": Cell(setup=setup)}
+        cells = {"naive": Cell(setup=setup, balancer=spec.get("naive_balancer", "naive"))}  # the paper's joint baseline
         cells.update({m: Cell(setup=setup, balancer="unimodal", params={"modality": m}) for m in modalities})
         configs = {k: [cell_config(params, c, s) for s in seeds] for k, c in cells.items()}
         records = iter(sweep([c for cs in configs.values() for c in cs], desc=f"calibration of {setup}",
