@@ -12,8 +12,8 @@ from mmlib import experiments
 from mmlib.__main__ import main
 from mmlib.config import ExperimentConfig, from_dict
 from mmlib.data.cache import SPLIT_CODES, TensorCache
-from mmlib.data.colored_mnist import (IDX_FILES, MEAN_COLORS, ColoringConfig, build_cache, read_idx, read_split,
-                                      write_idx)
+from mmlib.data.colored_mnist import (IDX_FILES, MEAN_COLORS, ColoringConfig, build_cache, read_idx,
+                                      read_split, write_idx)
 from mmlib.data.layout import LayoutError
 from mmlib.data.synth_colored_mnist import STAMP, SynthColoredMNIST, SynthColoredMNISTConfig, generate
 from mmlib.registry import get
@@ -51,7 +51,7 @@ def nearest_mean_accuracy(cache: TensorCache, split: str) -> float:
     return float((nearest == cache.tensors["label"].numpy()[idx]).mean())
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # IDX files
 
 
@@ -63,7 +63,8 @@ def test_idx_round_trip(tmp_path, name):
     labels = np.arange(7, dtype=np.uint8)
     write_idx(tmp_path / "labels", labels)
     assert np.array_equal(read_idx(tmp_path / "labels", 1), labels)
-    head = gzip.decompress((tmp_path / name).read_bytes()) if name.endswith(".gz") else (tmp_path / name).read_bytes()
+    head = (tmp_path / name).read_bytes()
+    head = gzip.decompress(head) if name.endswith(".gz") else head
     assert head[:16] == bytes.fromhex("00000803" "00000005" "0000001c" "0000001c")  # MNIST's header
 
 
@@ -86,7 +87,8 @@ def test_wrong_magic_names_the_file(mnist_copy):
 def test_truncated_file(mnist_copy):
     path = mnist_copy / IDX_FILES["test"][0]
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(LayoutError, match=r"t10k-images-idx3-ubyte: truncated: .*\(300, 28, 28\) needs 235216"):
+    with pytest.raises(
+            LayoutError, match=r"t10k-images-idx3-ubyte: truncated: .*\(300, 28, 28\) needs 235216"):
         read_split(mnist_copy, "test")
 
 
@@ -133,7 +135,7 @@ def test_different_image_sizes_in_the_splits(mnist_copy):
         build_cache(mnist_copy, ColoringConfig())
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The colouring
 
 
@@ -144,7 +146,8 @@ def test_cache_shapes_dtypes_and_gray_is_the_digit(mnist_layout):
     assert t["color"].dtype == t["gray"].dtype == torch.uint8
     assert t["color_count"].tolist() == [1] * 900 and t["gray_count"].tolist() == [1] * 900
     assert t["label"].dtype == torch.int64 and t["split"].dtype == torch.int8
-    assert (t["split"] == SPLIT_CODES["train"]).sum() == 600 and (t["split"] == SPLIT_CODES["test"]).sum() == 300
+    assert (t["split"] == SPLIT_CODES["train"]).sum() == 600
+    assert (t["split"] == SPLIT_CODES["test"]).sum() == 300
     (train_x, train_y), (test_x, test_y) = read_split(mnist_layout, "train"), read_split(mnist_layout, "test")
     assert np.array_equal(t["gray"][:, 0, 0].numpy(), np.concatenate([train_x, test_x]))
     assert np.array_equal(t["label"].numpy(), np.concatenate([train_y, test_y]))
@@ -164,7 +167,7 @@ def test_train_colour_predicts_the_digit_and_test_colour_does_not(mnist_layout):
 
 
 def test_colour_noise_has_the_configured_variance(mnist_layout):
-    """Channel values of mean colour 0.5 (unclipped by the noise mostly) spread with std sqrt(color_variance)."""
+    """Channels of mean colour 0.5 (mostly unclipped by the noise) spread with std sqrt(color_variance)."""
     variance = 0.01
     cache = TensorCache.load(build_cache(mnist_layout, ColoringConfig(color_variance=variance)))
     mean = MEAN_COLORS[cache.tensors["color_class"].numpy()]
@@ -207,7 +210,7 @@ def test_real_dataset_asks_for_prepare(tmp_path):
         get("datasets", "colored_mnist")().ensure_prepared(tmp_path)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The stand-in
 
 
@@ -222,9 +225,10 @@ def test_stand_in_is_deterministic(tmp_path):
 
 
 def test_stand_in_test_digits_come_from_other_sources(tmp_path):
-    """No test image is a copy of a train image (their source digits are disjoint), and augmentation varies."""
+    """No test image is a copy of a train image (their sources are disjoint), and augmentation varies."""
     generate(tmp_path, SynthColoredMNISTConfig(**TINY))
-    train, test = read_split(tmp_path, "train")[0].reshape(60, -1), read_split(tmp_path, "test")[0].reshape(30, -1)
+    train = read_split(tmp_path, "train")[0].reshape(60, -1)
+    test = read_split(tmp_path, "test")[0].reshape(30, -1)
     assert len(np.unique(train, axis=0)) == 60
     assert not (train[:, None] == test[None]).all(-1).any()
     assert set(read_split(tmp_path, "train")[1].tolist()) == set(range(10))
@@ -237,7 +241,8 @@ def test_stand_in_colouring_is_a_new_cache_from_the_same_files(tmp_path):
     files = (tmp_path / IDX_FILES["train"][0]).read_bytes()
     second = ds.ensure_prepared(tmp_path, generator={**TINY, "color_variance": 0.05, "test_correlation": 0.3})
     assert second != first and first.is_file() and second.is_file()
-    assert (tmp_path / STAMP).read_text() == stamp and (tmp_path / IDX_FILES["train"][0]).read_bytes() == files
+    assert (tmp_path / STAMP).read_text() == stamp
+    assert (tmp_path / IDX_FILES["train"][0]).read_bytes() == files
     assert TensorCache.load(second).meta["coloring"]["test_correlation"] == 0.3
     with pytest.raises(FileExistsError, match="other parameters"):
         ds.ensure_prepared(tmp_path, generator={**TINY, "rotation": 3.0})
@@ -246,8 +251,8 @@ def test_stand_in_colouring_is_a_new_cache_from_the_same_files(tmp_path):
 
 
 def test_cli_prepare_real_and_embedded(mnist_copy, tmp_path, monkeypatch, capsys):
-    """``prepare --dataset NAME``: the real dataset on its files; the stand-in with the profile's generator when
-    the profile's dataset is it, else with its defaults (never another dataset's generator)."""
+    """``prepare --dataset NAME``: the real dataset on its files; the stand-in with the profile's generator
+    when the profile's dataset is it, else with its defaults (never another dataset's generator)."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "params.yaml").write_text(
@@ -263,7 +268,8 @@ def test_cli_prepare_real_and_embedded(mnist_copy, tmp_path, monkeypatch, capsys
 
 def test_end_to_end_run(tmp_path):
     cfg = from_dict(ExperimentConfig, {
-        "data": {"dataset": "synth_colored_mnist", "root": str(tmp_path / "data"), "modalities": ["color", "gray"],
+        "data": {"dataset": "synth_colored_mnist", "root": str(tmp_path / "data"),
+                 "modalities": ["color", "gray"],
                  "augment": False, "val_fraction": 0.2, "generator": TINY},
         "model": {"encoders": {m: {"name": "resnet18", "width": 4} for m in ("color", "gray")},
                   "fusion": {"name": "sum"}},

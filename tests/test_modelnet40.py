@@ -1,4 +1,4 @@
-"""ModelNet40 multi-view renders: the 12-view layout, every bad-input case, the renderer and the embedded stand-in."""
+"""ModelNet40 multi-view renders: the 12-view layout, every bad-input case, the renderer, the stand-in."""
 from __future__ import annotations
 
 import shutil
@@ -23,7 +23,7 @@ OPTIONS = ModelNet40Options()
 
 @pytest.fixture(scope="module")
 def mn_layout(tmp_path_factory):
-    """40 objects of 4 classes in the 12-view layout (10 per class, 2 of them test), not marked as generated."""
+    """40 objects of 4 classes in the 12-view layout (10 per class, 2 of them test), not marked generated."""
     root = tmp_path_factory.mktemp("mn") / "modelnet40"
     generate(root, SynthModelNet40Config(**TINY))
     (root / STAMP).unlink()
@@ -39,7 +39,7 @@ def mn_copy(mn_layout, tmp_path):
 
 def test_view_file_names():
     assert parse_view_file("chair_0042_v011.png") == ("chair_0042", 11)
-    assert parse_view_file("airplane_0001.obj.shaded_v001.png") == ("airplane_0001", 0)  # the release: 1-based
+    assert parse_view_file("airplane_0001.obj.shaded_v001.png") == ("airplane_0001", 0)  # release: 1-based
     assert parse_view_file("airplane_0001.obj.shaded_v012.png") == ("airplane_0001", 11)
     assert parse_view_file("chair_0042.png") is None
     assert [view_modality(v) for v in (0, 3, 6)] == ["front", "view3", "rear"]
@@ -62,7 +62,8 @@ def test_cache_shapes_dtypes_and_meta(mn_layout):
     cache = TensorCache.load(build_cache(mn_layout, 16, ModelNet40Options(views=[6, 0, 3])))
     t = cache.tensors
     assert {k for k in t if not k.endswith("_count")} == {"front", "view3", "rear", "label", "split"}
-    assert all(t[m].shape == (40, 1, 1, 16, 16) and t[m].dtype == torch.uint8 for m in ("front", "view3", "rear"))
+    assert all(t[m].shape == (40, 1, 1, 16, 16) and t[m].dtype == torch.uint8
+               for m in ("front", "view3", "rear"))
     assert all(t[f"{m}_count"].tolist() == [1] * 40 for m in ("front", "view3", "rear"))
     assert cache.meta["views"] == [0, 3, 6] and cache.meta["modalities"] == ["front", "view3", "rear"]
     assert cache.meta["classes"] == list(CLASSES[:4]) and len(cache.indices("test")) == 8
@@ -105,7 +106,8 @@ def test_missing_view_names_the_object(mn_copy, capsys):
 
 def test_stray_and_duplicate_files(mn_copy):
     (mn_copy / "bench" / "test" / "notes.txt").write_text("ignored")
-    shutil.copy(mn_copy / "bench" / "test" / "bench_0009_v000.png", mn_copy / "bench" / "test" / "thumbnail.png")
+    folder = mn_copy / "bench" / "test"
+    shutil.copy(folder / "bench_0009_v000.png", folder / "thumbnail.png")
     with pytest.raises(LayoutError, match=r"thumbnail\.png: not a view image"):
         scan_layout(mn_copy, [0, 6])
     (mn_copy / "bench" / "test" / "thumbnail.png").unlink()
@@ -146,12 +148,12 @@ def test_real_dataset_asks_for_prepare(tmp_path):
         get("datasets", "modelnet40")().ensure_prepared(tmp_path, None, 32)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The renderer
 
 
 def renders(first_classes: int, per_class: int, **cfg) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 12, 16, 16) views in [0, 1] of ``per_class`` objects of each of the first classes, and their labels."""
+    """(N, 12, 16, 16) views in [0, 1] of ``per_class`` objects of each first class, and their labels."""
     config = SynthModelNet40Config(render_size=16, noise=0.0, **cfg)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(first_classes), per_class)
@@ -168,7 +170,7 @@ def test_every_view_shows_the_object_and_views_differ():
 
 
 def test_each_class_renders_differently_from_front_and_rear():
-    """A nearest-centroid classifier on 16 px renders beats chance (1/8) several times over, on view 0 and 6."""
+    """A nearest-centroid classifier on 16 px renders beats chance (1/8) four times over, on views 0 and 6."""
     views, labels = renders(8, 12)
     train = np.tile([True] * 8 + [False] * 4, 8)
     for view in (0, 6):
@@ -179,7 +181,7 @@ def test_each_class_renders_differently_from_front_and_rear():
 
 
 def test_nuisance_knobs_change_the_renders():
-    """Without nuisance two objects of a class differ only by their surface samples; the jitter knobs vary them."""
+    """Without nuisance two objects of a class differ only by their surface samples; the knobs vary them."""
     base, _ = renders(2, 2, yaw_jitter=0.0, part_jitter=0.0, stretch=0.0, scale=0.0, light_jitter=0.0)
     same = max(np.abs(base[0] - base[1]).mean(), np.abs(base[2] - base[3]).mean())
     assert same < 0.03 and np.abs(base[0] - base[2]).mean() > 0.08
@@ -189,7 +191,7 @@ def test_nuisance_knobs_change_the_renders():
     assert np.abs(cluttered - jittered).mean() > 0.03
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The stand-in
 
 
@@ -239,7 +241,8 @@ def test_cli_prepare_real_and_embedded(mn_copy, tmp_path, monkeypatch, capsys):
 
 def test_end_to_end_run(tmp_path):
     cfg = from_dict(ExperimentConfig, {
-        "data": {"dataset": "synth_modelnet40", "root": str(tmp_path / "data"), "modalities": ["front", "rear"],
+        "data": {"dataset": "synth_modelnet40", "root": str(tmp_path / "data"),
+                 "modalities": ["front", "rear"],
                  "image_size": 16, "val_fraction": 0.2, "generator": {**TINY, "objects": 24}},
         "model": {"encoders": {m: {"name": "resnet18", "width": 4} for m in ("front", "rear")},
                   "fusion": {"name": "sum"}},

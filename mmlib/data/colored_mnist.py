@@ -1,27 +1,28 @@
 """Colored-and-gray MNIST (Kim et al. 2019, as the Greedy paper uses it) from MNIST's four IDX files.
 
 Layout: ``<root>/train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-``t10k-labels-idx1-ubyte`` (each also accepted gzipped, ``<name>.gz``, as the files are distributed). Every file is
-checked: the IDX magic number (unsigned bytes, 3-D images / 1-D labels), the size the header's shape asks for, equal
-image and label counts, labels 0..9, one image size for both splits.
+``t10k-labels-idx1-ubyte`` (each also accepted gzipped, ``<name>.gz``, as the files are distributed). Every
+file is checked: the IDX magic number (unsigned bytes, 3-D images / 1-D labels), the size the header's shape
+asks for, equal image and label counts, labels 0..9, one image size for both splits.
 
 The two modalities, built at prepare time by Kim et al.'s construction:
-- ``color`` (m0): a monochromatic copy of the digit. Ten mean colours, one per digit (``MEAN_COLORS``); an image
-  takes its own digit's mean colour with probability ``train_correlation`` (train) or ``test_correlation`` (test),
-  else one of the ten drawn uniformly; Gaussian noise of variance ``color_variance`` (sigma^2) per RGB channel is
-  added to it (clipped to [0, 1]) and the gray digit is painted in it (pixel = gray * colour). Kim et al.: every
-  train image in its digit's colour, every test image in a mean colour drawn independently of the label, the
-  same sigma^2 for both, sub-datasets sigma^2 = 0.020..0.050 (defaults: 1.0 / 0.0 / 0.02);
+- ``color`` (m0): a monochromatic copy of the digit. Ten mean colours, one per digit (``MEAN_COLORS``); an
+  image takes its own digit's mean colour with probability ``train_correlation`` (train) or
+  ``test_correlation`` (test), else one of the ten drawn uniformly; Gaussian noise of variance
+  ``color_variance`` (sigma^2) per RGB channel is added to it (clipped to [0, 1]) and the gray digit is
+  painted in it (pixel = gray * colour). Kim et al.: every train image in its digit's colour, every test image
+  in a mean colour drawn independently of the label, the same sigma^2 for both, sub-datasets sigma^2 =
+  0.020..0.050 (defaults: 1.0 / 0.0 / 0.02);
 - ``gray`` (m1): the MNIST image itself.
 
-The cache ``<root>/cache/colored_mnist_<colouring>.pt`` (the colouring's parameters name it and are part of its
-content) holds ``color`` uint8 (N, 1, 3, 28, 28) and ``gray`` uint8 (N, 1, 1, 28, 28) as one-frame clips (with
-``<m>_count``, like every image modality), ``color_class`` (the mean colour each image was painted with), label,
-split and the train split's per-channel statistics in ``meta["normalize"]``. MNIST keeps its native 28 x 28
-(``data.image_size`` does not apply). The validation split is carved from train by the run (strongly correlated
-colours, as train's); ``val_from_test`` marks a stratified share of the test images as validation instead, the
-weakly correlated held-out set the Greedy paper selects on (then run with ``data.val_fraction: 0``).
-The colouring's parameters come from ``data.generator`` (``ColoringConfig``).
+The cache ``<root>/cache/colored_mnist_<colouring>.pt`` (the colouring's parameters name it and are part of
+its content) holds ``color`` uint8 (N, 1, 3, 28, 28) and ``gray`` uint8 (N, 1, 1, 28, 28) as one-frame clips
+(with ``<m>_count``, like every image modality), ``color_class`` (the mean colour each image was painted
+with), label, split and the train split's per-channel statistics in ``meta["normalize"]``. MNIST keeps its
+native 28 x 28 (``data.image_size`` does not apply). The validation split is carved from train by the run
+(strongly correlated colours, as train's); ``val_from_test`` marks a stratified share of the test images as
+validation instead, the weakly correlated held-out set the Greedy paper selects on (then run with
+``data.val_fraction: 0``). The colouring's parameters come from ``data.generator`` (``ColoringConfig``).
 """
 from __future__ import annotations
 
@@ -52,11 +53,11 @@ MEAN_COLORS = np.array([
 
 @dataclass
 class ColoringConfig:
-    """Kim et al.'s colouring (``data.generator`` of ``colored_mnist``; the stand-in's generator holds it too)."""
+    """Kim et al.'s colouring: ``data.generator`` of ``colored_mnist`` (and part of its stand-in's)."""
 
     color_variance: float = 0.02  # sigma^2 of the Gaussian colour noise per RGB channel (colours in [0, 1])
-    train_correlation: float = 1.0  # P(a train image takes its digit's mean colour); else one of ten, uniformly
-    test_correlation: float = 0.0  # the same for test images (Kim et al.: 0, a colour independent of the label)
+    train_correlation: float = 1.0  # P(a train image takes its digit's mean colour); else one of ten
+    test_correlation: float = 0.0  # the same for test images (Kim et al.: 0, colour independent of label)
     val_from_test: float = 0.0  # share of test images (stratified) marked val: a weakly correlated val split
     color_seed: int = 0
 
@@ -78,7 +79,7 @@ class ColoringConfig:
                 f"val{self.val_from_test:g}_seed{self.color_seed}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # IDX files
 
 
@@ -129,7 +130,8 @@ def read_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     image_file, label_file = (find_idx(root, name) for name in IDX_FILES[split])
     images, labels = read_idx(image_file, 3), read_idx(label_file, 1)
     if len(images) != len(labels):
-        raise LayoutError(f"{image_file}: {len(images)} images, but {label_file.name} holds {len(labels)} labels")
+        raise LayoutError(f"{image_file}: {len(images)} images, but {label_file.name} holds "
+                          f"{len(labels)} labels")
     if len(images) == 0 or min(images.shape[1:]) == 0:
         raise LayoutError(f"{image_file}: no images (shape {images.shape})")
     if labels.max() >= NUM_CLASSES:
@@ -137,7 +139,7 @@ def read_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Colouring
 
 
@@ -153,7 +155,8 @@ def draw_colors(labels: np.ndarray, correlation: float, variance: float,
 
 def paint(gray: np.ndarray, colors: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 digits painted in (N, 3) colours -> (N, 3, H, W) uint8 monochromatic images."""
-    return np.rint(gray[:, None].astype(np.float32) * colors[:, :, None, None].astype(np.float32)).astype(np.uint8)
+    painted = gray[:, None].astype(np.float32) * colors[:, :, None, None].astype(np.float32)
+    return np.rint(painted).astype(np.uint8)
 
 
 def stratified_share(labels: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
@@ -173,7 +176,7 @@ def channel_statistics(x: torch.Tensor) -> list[list[float]]:
 
 
 def build_cache(root: str | Path, coloring: ColoringConfig, dataset: str = "colored_mnist") -> Path:
-    """Read and validate the four IDX files, colour the digits and write the tensor cache. Returns its path."""
+    """Read and validate the four IDX files, colour the digits, write the tensor cache. Returns its path."""
     coloring.check()
     root = Path(root)
     (train_x, train_y), (test_x, test_y) = read_split(root, "train"), read_split(root, "test")
@@ -185,7 +188,8 @@ def build_cache(root: str | Path, coloring: ColoringConfig, dataset: str = "colo
     train_k, train_c = draw_colors(train_y, coloring.train_correlation, coloring.color_variance, train_rng)
     test_k, test_c = draw_colors(test_y, coloring.test_correlation, coloring.color_variance, test_rng)
     gray = np.concatenate([train_x, test_x])
-    split = np.concatenate([np.full(len(train_y), SPLIT_CODES["train"]), np.full(len(test_y), SPLIT_CODES["test"])])
+    split = np.concatenate([np.full(len(train_y), SPLIT_CODES["train"]),
+                            np.full(len(test_y), SPLIT_CODES["test"])])
     split[len(train_y):][stratified_share(test_y, coloring.val_from_test, val_rng)] = SPLIT_CODES["val"]
     color = torch.from_numpy(paint(gray, np.concatenate([train_c, test_c])))[:, None]  # (N, 1, 3, H, W)
     gray_t = torch.from_numpy(np.ascontiguousarray(gray))[:, None, None]  # (N, 1, 1, H, W)
@@ -197,7 +201,8 @@ def build_cache(root: str | Path, coloring: ColoringConfig, dataset: str = "colo
                  "label": torch.from_numpy(np.concatenate([train_y, test_y]).astype(np.int64)),
                  "split": torch.from_numpy(split.astype(np.int8))},
         meta={"dataset": dataset, "classes": [str(k) for k in range(NUM_CLASSES)],
-              "clips": [f"train/{i:05d}" for i in range(n_train)] + [f"test/{i:05d}" for i in range(len(test_y))],
+              "clips": [f"train/{i:05d}" for i in range(n_train)]
+              + [f"test/{i:05d}" for i in range(len(test_y))],
               "modalities": ["color", "gray"], "image_size": int(gray.shape[1]), "audio_recipe": None,
               "coloring": dataclasses.asdict(coloring), "mean_colors": MEAN_COLORS.tolist(),
               "normalize": {"color": channel_statistics(color[:n_train]),
@@ -214,8 +219,8 @@ def cache_file(root: str | Path, coloring: ColoringConfig) -> Path:
 
 @register("datasets", "colored_mnist")
 class ColoredMNIST:
-    """Colored-and-gray MNIST, prepared from MNIST's IDX files under ``data.root``; ``data.generator`` holds the
-    colouring (``ColoringConfig``)."""
+    """Colored-and-gray MNIST, prepared from MNIST's IDX files under ``data.root``; ``data.generator`` holds
+    the colouring (``ColoringConfig``)."""
 
     name = "colored_mnist"
     labels = tuple(str(k) for k in range(NUM_CLASSES))

@@ -1,18 +1,19 @@
 """ModelNet40 multi-view renders (Su et al. 2015) in the public 12-view layout, as the Greedy paper uses them.
 
-Layout: ``<root>/<class>/<train|test>/<view image>.png``, twelve views of each object rendered around the vertical
-axis (30 degrees apart). A view image is named either
+Layout: ``<root>/<class>/<train|test>/<view image>.png``, twelve views of each object rendered around the
+vertical axis (30 degrees apart). A view image is named either
 - ``<object>_v<view>.png`` with the view 000..011 (0-based; what the embedded stand-in writes), or
-- ``<object>.obj.shaded_v<view>.png`` with the view 001..012 (1-based; the ``modelnet40_images_new_12x`` release,
-  e.g. ``airplane/train/airplane_0001.obj.shaded_v001.png`` is view 0 of object ``airplane_0001``).
-Classes are the folders holding a ``train`` or ``test`` folder (sorted); train and test come from those folders.
+- ``<object>.obj.shaded_v<view>.png`` with the view 001..012 (1-based; the ``modelnet40_images_new_12x``
+  release, e.g. ``airplane/train/airplane_0001.obj.shaded_v001.png`` is view 0 of object ``airplane_0001``).
+  Classes are the folders holding a ``train`` or ``test`` folder (sorted); train and test come from those
+  folders.
 
 Views are modalities: view 0 is ``front`` and view 6 ``rear`` (the Greedy paper's m0 and m1), view k otherwise
-``view<k>``. ``data.generator.views`` (``ModelNet40Options``, default [0, 6]) names the views the cache holds; each
-object must have every one of them (else a named error, or the object is skipped with --skip-bad). ``prepare``
-decodes each view once (Pillow), converts it to gray scale, resizes it to ``image_size`` and writes
-``<root>/cache/modelnet40_views<0-6>_img<S>.pt``: per view uint8 (N, 1, 1, S, S) with ``<view>_count`` (one-frame
-clips, like every image modality), label and split.
+``view<k>``. ``data.generator.views`` (``ModelNet40Options``, default [0, 6]) names the views the cache holds;
+each object must have every one of them (else a named error, or the object is skipped with --skip-bad).
+``prepare`` decodes each view once (Pillow), converts it to gray scale, resizes it to ``image_size`` and
+writes ``<root>/cache/modelnet40_views<0-6>_img<S>.pt``: per view uint8 (N, 1, 1, S, S) with ``<view>_count``
+(one-frame clips, like every image modality), label and split.
 """
 from __future__ import annotations
 
@@ -49,18 +50,20 @@ def view_file_name(obj: str, view: int) -> str:
 
 @dataclass
 class ModelNet40Options:
-    """``data.generator`` of ``modelnet40``: which views go into the cache (the stand-in's generator holds it too)."""
+    """``data.generator`` of ``modelnet40``: which views go into the cache (also part of the stand-in's)."""
 
     views: list = field(default_factory=lambda: [0, 6])
 
     def check(self) -> None:
-        bad = [v for v in self.views if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < NUM_VIEWS]
+        bad = [v for v in self.views
+               if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < NUM_VIEWS]
         if bad or not self.views or len(set(self.views)) != len(self.views):
             raise ValueError(f"views must be distinct view numbers in 0..{NUM_VIEWS - 1}, got {self.views}")
 
     def options(self) -> "ModelNet40Options":
         """The cache's fields alone (a subclass's other fields describe how its renders were made)."""
-        return ModelNet40Options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelNet40Options)})
+        fields = dataclasses.fields(ModelNet40Options)
+        return ModelNet40Options(**{f.name: getattr(self, f.name) for f in fields})
 
 
 @dataclass
@@ -108,7 +111,8 @@ def scan_split(directory: Path, views: list[int]) -> tuple[dict[str, dict[int, P
     return complete, problems
 
 
-def scan_layout(root: str | Path, views: list[int], skip_bad: bool = False) -> tuple[list[str], list[MultiViewObject]]:
+def scan_layout(root: str | Path, views: list[int],
+                skip_bad: bool = False) -> tuple[list[str], list[MultiViewObject]]:
     """(classes, objects that have every requested view). Incomplete objects raise (or are skipped)."""
     root = Path(root)
     if not root.is_dir():
@@ -152,8 +156,9 @@ def build_cache(root: str | Path, image_size: int, options: ModelNet40Options, s
     root = Path(root)
     classes, items = scan_layout(root, views, skip_bad)
     decoded = decode_all(items, lambda item: np.stack([load_view(item.files[v], image_size) for v in views]),
-                         skip_bad, root, errors=(OSError, ValueError, SyntaxError),  # PIL: unreadable, truncated
-                         describe=lambda item, err: f"{item.name}: unreadable view image: {err}", unit="objects")
+                         skip_bad, root, errors=(OSError, ValueError, SyntaxError),  # PIL: unreadable, cut
+                         describe=lambda item, err: f"{item.name}: unreadable view image: {err}",
+                         unit="objects")
     kept = [item for item, _ in decoded]
     stack = torch.from_numpy(np.stack([image for _, image in decoded]))  # (N, V, S, S)
     tensors = {}
@@ -190,8 +195,8 @@ class ModelNet40:
         cfg.check()
         return cfg
 
-    def prepare(self, root: str | Path, recipe: str | None = None, image_size: int = 224, skip_bad: bool = False,
-                generator: dict | None = None, **_) -> Path:
+    def prepare(self, root: str | Path, recipe: str | None = None, image_size: int = 224,
+                skip_bad: bool = False, generator: dict | None = None, **_) -> Path:
         return build_cache(root, image_size, self.options(generator), skip_bad, dataset=self.name)
 
     def cache_path(self, root: str | Path, recipe: str | None = None, image_size: int = 224,
@@ -200,4 +205,5 @@ class ModelNet40:
 
     def ensure_prepared(self, root: str | Path, recipe: str | None = None, image_size: int = 224,
                         skip_bad: bool = False, generator: dict | None = None, **_) -> Path:
-        return require_prepared(self.cache_path(root, image_size=image_size, generator=generator), self.name, root)
+        path = self.cache_path(root, image_size=image_size, generator=generator)
+        return require_prepared(path, self.name, root)

@@ -1,13 +1,14 @@
 """``synth_colored_mnist``: the embedded Colored-and-gray MNIST stand-in, written as MNIST's four IDX files.
 
-The digits come from scikit-learn's ``load_digits`` (1,797 8 x 8 handwritten digits that ship inside the wheel; no
-download). A stratified share of them (``test_sources``) is reserved for the test images, so no test image is an
-augmented copy of a train digit. Each image is one source digit resampled (bilinear) into MNIST's frame (the digit in
-a 20 x 20 box centred in 28 x 28), under a seeded random affine map (rotation, scale, shift) and a stroke-width jitter
-(a soft threshold at a random level: lower thickens the strokes, higher thins them). The four IDX files are then
-prepared by the real path (``mmlib.data.colored_mnist``), which colours them by Kim et al.'s construction; the
-colouring fields (``ColoringConfig``) sit in the same ``data.generator`` block but do not change the IDX files, so
-only the image fields enter the stamp (a new colouring prepares a new cache from the same files).
+The digits come from scikit-learn's ``load_digits`` (1,797 8 x 8 handwritten digits that ship inside the
+wheel; no download). A stratified share of them (``test_sources``) is reserved for the test images, so no test
+image is an augmented copy of a train digit. Each image is one source digit resampled (bilinear) into MNIST's
+frame (the digit in a 20 x 20 box centred in 28 x 28), under a seeded random affine map (rotation, scale,
+shift) and a stroke-width jitter (a soft threshold at a random level: lower thickens the strokes, higher thins
+them). The four IDX files are then prepared by the real path (``mmlib.data.colored_mnist``), which colours
+them by Kim et al.'s construction; the colouring fields (``ColoringConfig``) sit in the same
+``data.generator`` block but do not change the IDX files, so only the image fields enter the stamp (a new
+colouring prepares a new cache from the same files).
 """
 from __future__ import annotations
 
@@ -52,15 +53,15 @@ class SynthColoredMNISTConfig(ColoringConfig):
     def check(self) -> None:
         super().check()
         if self.train_images < NUM_DIGITS or self.test_images < NUM_DIGITS:
-            raise ValueError(f"synth_colored_mnist: train_images and test_images must be >= {NUM_DIGITS}, got "
-                             f"{self.train_images}, {self.test_images}")
+            raise ValueError(f"synth_colored_mnist: train_images and test_images must be >= {NUM_DIGITS}, "
+                             f"got {self.train_images}, {self.test_images}")
         if not 0 < self.test_sources < 1:
             raise ValueError(f"synth_colored_mnist.test_sources must be in (0, 1), got {self.test_sources}")
         if not 0 < self.scale < 1 or self.rotation < 0 or self.shift < 0 or self.edge <= 0 or \
                 not 0 <= self.stroke < 0.4:
             raise ValueError("synth_colored_mnist: need 0 < scale < 1, rotation >= 0, shift >= 0, edge > 0, "
-                             f"0 <= stroke < 0.4; got {self.scale}, {self.rotation}, {self.shift}, {self.edge}, "
-                             f"{self.stroke}")
+                             f"0 <= stroke < 0.4; got {self.scale}, {self.rotation}, {self.shift}, "
+                             f"{self.edge}, {self.stroke}")
 
 
 
@@ -80,7 +81,7 @@ def render(sources: np.ndarray, cfg: SynthColoredMNISTConfig, rng: np.random.Gen
     scale = rng.uniform(1 - cfg.scale, 1 + cfg.scale, n)
     shift = rng.uniform(-cfg.shift, cfg.shift, (n, 2))
     level = rng.uniform(0.4 - cfg.stroke, 0.4 + cfg.stroke, n)
-    # output pixel centres about the frame's centre, minus the shift, rotated back and scaled into source pixels
+    # output pixel centres about the frame's centre, minus the shift, rotated back, scaled into source pixels
     ys, xs = np.mgrid[0:SIZE, 0:SIZE] + 0.5 - SIZE / 2
     px = xs[None] - shift[:, 0, None, None]
     py = ys[None] - shift[:, 1, None, None]
@@ -111,12 +112,13 @@ def generate(root: str | Path, cfg: SynthColoredMNISTConfig) -> Path:
     reserved = stratified_share(labels, cfg.test_sources, rng)
     for split, pool, count, split_rng in (("train", np.flatnonzero(~reserved), cfg.train_images, train_rng),
                                           ("test", np.flatnonzero(reserved), cfg.test_images, test_rng)):
-        chosen = np.resize(rng.permutation(pool), count)  # each source digit used about count / len(pool) times
+        chosen = np.resize(rng.permutation(pool), count)  # each source used about count / len(pool) times
         images, targets = render(digits[chosen], cfg, split_rng), labels[chosen].astype(np.uint8)
         image_name, label_name = IDX_FILES[split]
         write_idx(root / image_name, images)
         write_idx(root / label_name, targets)
-    atomic_write_bytes(root / STAMP, lambda tmp: tmp.write_text(cfg.fingerprint() + "\n"))  # last: files complete
+    # written last: the files are complete
+    atomic_write_bytes(root / STAMP, lambda tmp: tmp.write_text(cfg.fingerprint() + "\n"))
     return root
 
 

@@ -1,19 +1,22 @@
-"""``synth_modelnet40``: the embedded ModelNet40 stand-in, procedural 3D objects rendered into the public 12-view layout.
+"""``synth_modelnet40``: the embedded ModelNet40 stand-in, procedural 3D objects rendered into the public
+12-view layout.
 
-Each of ModelNet40's 40 classes (the first ``classes`` of them, in their sorted order) is a composite of primitives
-(boxes and pyramids, cylinders and cones, ellipsoids, tori) in a fixed arrangement: a table is a top on four legs, a
-lamp a base, a pole and a conical shade, a wardrobe a tall box, a dresser a wide one. Classes differ by their parts
-and proportions; every object jitters them (``part_jitter``, ``stretch``), may carry class-free clutter parts
-(``clutter``), and stands at its own yaw about the vertical axis (``yaw_jitter``) and size (``scale``).
+Each of ModelNet40's 40 classes (the first ``classes`` of them, in their sorted order) is a composite of
+primitives (boxes and pyramids, cylinders and cones, ellipsoids, tori) in a fixed arrangement: a table is a
+top on four legs, a lamp a base, a pole and a conical shade, a wardrobe a tall box, a dresser a wide one.
+Classes differ by their parts and proportions; every object jitters them (``part_jitter``, ``stretch``), may
+carry class-free clutter parts (``clutter``), and stands at its own yaw about the vertical axis
+(``yaw_jitter``) and size (``scale``).
 
-Rendering, in numpy and vectorised over points: the object's surface is sampled densely (points with normals, about
-``density`` points per pixel area), projected orthographically from 12 cameras around the vertical axis (30 degrees
-apart, ``elevation`` degrees above the horizon), z-buffered (the nearest front-facing point per pixel), shaded by a
-Lambert light fixed to the camera (per-object jitter ``light_jitter``) on a white background as the public renders,
-pinholes between samples filled from their neighbours, gray noise added (``noise``). View 0 looks at the object's
-front (+z), view 6 at its rear; the class cues (the parts' layout) show from both sides. The views are written as
-``<class>/<train|test>/<class>_<id:04d>_v<view:03d>.png`` and prepared by the real path (``mmlib.data.modelnet40``);
-``views`` (which views the cache holds) sits in the same ``data.generator`` block but does not enter the stamp.
+Rendering, in numpy and vectorised over points: the object's surface is sampled densely (points with normals,
+about ``density`` points per pixel area), projected orthographically from 12 cameras around the vertical axis
+(30 degrees apart, ``elevation`` degrees above the horizon), z-buffered (the nearest front-facing point per
+pixel), shaded by a Lambert light fixed to the camera (per-object jitter ``light_jitter``) on a white
+background as the public renders, pinholes between samples filled from their neighbours, gray noise added
+(``noise``). View 0 looks at the object's front (+z), view 6 at its rear; the class cues (the parts' layout)
+show from both sides. The views are written as ``<class>/<train|test>/<class>_<id:04d>_v<view:03d>.png`` and
+prepared by the real path (``mmlib.data.modelnet40``); ``views`` (which views the cache holds) sits in the
+same ``data.generator`` block but does not enter the stamp.
 """
 from __future__ import annotations
 
@@ -63,7 +66,8 @@ def ring(c, h, rot=(0.0, 0.0, 0.0), minor=0.3) -> Part:
 
 
 def legs(x: float, z: float, height: float, thick: float = 0.04) -> tuple[Part, ...]:
-    return tuple(box((sx * x, height / 2, sz * z), (thick, height / 2, thick)) for sx in (-1, 1) for sz in (-1, 1))
+    return tuple(box((sx * x, height / 2, sz * z), (thick, height / 2, thick))
+                 for sx in (-1, 1) for sz in (-1, 1))
 
 
 ALONG_X, ALONG_Z = (0.0, 0.0, 90.0), (90.0, 0.0, 0.0)  # a cylinder's / torus's axis turned onto x / z
@@ -85,7 +89,8 @@ SHAPES: dict[str, tuple[Part, ...]] = {
                cyl((0, 1.7, 0), (0.1, 0.2, 0.1))),
     "bowl": (cyl((0, 0.2, 0), (0.5, 0.2, 0.5), taper=1.5), ring((0, 0.4, 0), (0.78, 0.05, 0.78), minor=0.06)),
     "car": (box((0, 0.35, 0), (0.5, 0.2, 1.0)), box((0, 0.72, -0.1), (0.45, 0.18, 0.55), taper=0.8),
-            *(cyl((sx * 0.5, 0.18, sz * 0.6), (0.18, 0.08, 0.18), ALONG_X) for sx in (-1, 1) for sz in (-1, 1))),
+            *(cyl((sx * 0.5, 0.18, sz * 0.6), (0.18, 0.08, 0.18), ALONG_X)
+              for sx in (-1, 1) for sz in (-1, 1))),
     "chair": (box((0, 0.9, 0), (0.45, 0.05, 0.45)), *legs(0.4, 0.4, 0.86),
               box((0, 1.45, -0.42), (0.45, 0.5, 0.04))),
     "cone": (cyl((0, 0.75, 0), (0.6, 0.75, 0.6), taper=0.0),),
@@ -97,7 +102,8 @@ SHAPES: dict[str, tuple[Part, ...]] = {
              box((-0.75, 0.37, 0), (0.22, 0.37, 0.45)), box((0, 0.45, -0.45), (0.55, 0.25, 0.02))),
     "door": (box((0, 1.0, 0), (0.5, 1.0, 0.05)), ell((0.38, 1.0, 0.08), (0.05, 0.05, 0.05)),
              ell((0.38, 1.0, -0.08), (0.05, 0.05, 0.05))),
-    "dresser": (box((0, 0.5, 0), (0.8, 0.5, 0.4)), *(box((0, y, 0.42), (0.25, 0.03, 0.02)) for y in (0.2, 0.5, 0.8))),
+    "dresser": (box((0, 0.5, 0), (0.8, 0.5, 0.4)),
+                *(box((0, y, 0.42), (0.25, 0.03, 0.02)) for y in (0.2, 0.5, 0.8))),
     "flower_pot": (cyl((0, 0.35, 0), (0.4, 0.35, 0.4), taper=1.3), ell((0, 1.0, 0), (0.45, 0.4, 0.45))),
     "glass_box": (box((0, 0.5, 0), (0.5, 0.5, 0.5)), box((0, 1.03, 0), (0.55, 0.03, 0.55)),
                   box((0, 0.03, 0), (0.55, 0.03, 0.55))),
@@ -106,7 +112,8 @@ SHAPES: dict[str, tuple[Part, ...]] = {
     "keyboard": (box((0, 0.05, 0), (1.0, 0.05, 0.35)), box((0, 0.12, 0.02), (0.9, 0.03, 0.28))),
     "lamp": (cyl((0, 0.04, 0), (0.35, 0.04, 0.35)), cyl((0, 0.8, 0), (0.04, 0.8, 0.04)),
              cyl((0, 1.55, 0), (0.5, 0.3, 0.5), taper=0.5)),
-    "laptop": (box((0, 0.03, 0), (0.6, 0.03, 0.4)), box((0, 0.4, -0.48), (0.6, 0.38, 0.02), rot=(-15.0, 0, 0))),
+    "laptop": (box((0, 0.03, 0), (0.6, 0.03, 0.4)),
+               box((0, 0.4, -0.48), (0.6, 0.38, 0.02), rot=(-15.0, 0, 0))),
     "mantel": (box((0.75, 0.5, 0.1), (0.2, 0.5, 0.2)), box((-0.75, 0.5, 0.1), (0.2, 0.5, 0.2)),
                box((0, 0.85, 0.1), (0.95, 0.15, 0.2)), box((0, 0.5, -0.15), (0.95, 0.5, 0.1)),
                box((0, 1.04, 0.05), (1.15, 0.04, 0.35))),
@@ -188,7 +195,7 @@ class SynthModelNet40Config(ModelNet40Options):
                 raise ValueError(f"synth_modelnet40.{name} must be >= 0, got {getattr(self, name)}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Surfaces: each primitive as parametric patches over (u, v) in [0, 1]^2, in its local frame (half-sizes 1)
 
 
@@ -207,7 +214,8 @@ def _patches(kind: str, taper: float, minor: float):
         faces = [side(axis, sign) for axis in (0, 2) for sign in (1.0, -1.0)]
         faces.append(lambda u, v: np.stack([2 * u - 1, -np.ones_like(u), 2 * v - 1], axis=1))
         if taper > 0:
-            faces.append(lambda u, v: np.stack([taper * (2 * u - 1), np.ones_like(u), taper * (2 * v - 1)], axis=1))
+            faces.append(lambda u, v: np.stack([taper * (2 * u - 1), np.ones_like(u), taper * (2 * v - 1)],
+                                               axis=1))
         return [(f, centre) for f in faces]
     if kind == "cylinder":
         def wall(u, v):
@@ -227,7 +235,8 @@ def _patches(kind: str, taper: float, minor: float):
 
         def tube(u, v):
             reach = big + small * np.cos(two_pi * v)
-            return np.stack([reach * np.cos(two_pi * u), np.sin(two_pi * v), reach * np.sin(two_pi * u)], axis=1)
+            return np.stack([reach * np.cos(two_pi * u), np.sin(two_pi * v), reach * np.sin(two_pi * u)],
+                            axis=1)
         return [(tube, lambda u, v: np.stack([big * np.cos(two_pi * u), np.zeros_like(u),
                                               big * np.sin(two_pi * u)], axis=1))]
     raise ValueError(f"unknown primitive kind {kind!r}")
@@ -251,8 +260,8 @@ GRID = ((np.mgrid[0:9, 0:9].reshape(2, -1) + 0.5) / 9)  # where a patch's larges
 
 
 def sample_part(part: Part, per_area: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(points (n, 3), outward unit normals (n, 3)) on ``part``'s surface, at least ``per_area`` points per unit
-    area everywhere (more where the parametrisation is denser)."""
+    """(points (n, 3), outward unit normals (n, 3)) on ``part``'s surface, at least ``per_area`` points per
+    unit area everywhere (more where the parametrisation is denser)."""
     linear = rotation(part.rot) * np.asarray(part.half, float)  # local -> world: linear @ p + centre
     cofactor = np.linalg.det(linear) * np.linalg.inv(linear).T  # maps local normals (cross products) to world
     eps = 1e-4
@@ -296,14 +305,15 @@ def object_parts(cfg: SynthModelNet40Config, label: int, rng: np.random.Generato
         size = (high - low).max()
         parts.append(Part(kind, tuple(rng.uniform(low, high)), tuple(rng.uniform(0.05, 0.2, 3) * size),
                           tuple(rng.uniform(-45, 45, 3))))
-        boxes = np.concatenate([boxes, (corners * parts[-1].half) @ rotation(parts[-1].rot).T + parts[-1].center])
+        extra = parts[-1]
+        boxes = np.concatenate([boxes, (corners * extra.half) @ rotation(extra.rot).T + extra.center])
     middle = (boxes.min(0) + boxes.max(0)) / 2
     factor = rng.uniform(1 - cfg.scale, 1) / np.linalg.norm(boxes - middle, axis=1).max()
     return [p._replace(center=tuple((np.asarray(p.center) - middle) * factor),
                        half=tuple(np.asarray(p.half) * factor)) for p in parts]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Rendering
 
 
@@ -315,8 +325,8 @@ def render_views(points: np.ndarray, normals: np.ndarray, yaw: float, light: np.
     ce, se = np.cos(elevation), np.sin(elevation)
     a = np.deg2rad(yaw + 360.0 * np.arange(NUM_VIEWS) / NUM_VIEWS)
     ca, sa, zero = np.cos(a), np.sin(a), np.zeros(NUM_VIEWS)
-    # the camera's right, up and backward (towards the camera) axes in object coordinates, per view: the object
-    # turned by -azimuth about y, then tilted towards the camera by the elevation about x
+    # the camera's right, up and backward (towards the camera) axes in object coordinates, per view: the
+    # object turned by -azimuth about y, then tilted towards the camera by the elevation about x
     right = np.stack([ca, zero, -sa], 1)
     up = np.stack([-se * sa, np.full(NUM_VIEWS, ce), -se * ca], 1)
     back = np.stack([ce * sa, np.full(NUM_VIEWS, se), ce * ca], 1)
@@ -328,7 +338,8 @@ def render_views(points: np.ndarray, normals: np.ndarray, yaw: float, light: np.
 
     col = np.floor((along(points, right) / WINDOW + 1) / 2 * s).astype(np.int64)
     row = np.floor((1 - along(points, up) / WINDOW) / 2 * s).astype(np.int64)
-    ok = (along(normals, back) > 0) & (col >= 0) & (col < s) & (row >= 0) & (row < s)  # front-facing, in frame
+    inside = (col >= 0) & (col < s) & (row >= 0) & (row < s)
+    ok = (along(normals, back) > 0) & inside  # front-facing, inside the frame
     key = ((np.arange(NUM_VIEWS)[:, None] * s + row) * s + col)[ok]
     depth = along(points, back)[ok]
     shade = 0.15 + 0.7 * np.clip(along(normals, lit)[ok], 0, 1)
@@ -389,19 +400,22 @@ def generate(root: str | Path, cfg: SynthModelNet40Config) -> Path:
     is_test = np.zeros(cfg.objects, dtype=bool)
     for c in range(cfg.classes):  # the same test share of every class
         members = np.flatnonzero(labels == c)
-        is_test[rng.choice(members, size=max(1, int(round(cfg.test_fraction * len(members)))), replace=False)] = True
+        n_test = max(1, int(round(cfg.test_fraction * len(members))))
+        is_test[rng.choice(members, size=n_test, replace=False)] = True
     for label in range(cfg.classes):
         cls = CLASSES[label]
         for split in SPLITS:
             (root / cls / split).mkdir(parents=True, exist_ok=True)
         # numbered per class, train objects first, as the release numbers them
-        members = [i for split in SPLITS for i in np.flatnonzero((labels == label) & (is_test == (split == "test")))]
+        members = [i for split in SPLITS
+                   for i in np.flatnonzero((labels == label) & (is_test == (split == "test")))]
         for number, i in enumerate(members, start=1):
             views = render_object(cfg, label, render_rng)
             folder = root / cls / SPLITS[int(is_test[i])]
             for view in range(NUM_VIEWS):  # plain writes (the stamp, written last, marks them complete)
                 (folder / view_file_name(f"{cls}_{number:04d}", view)).write_bytes(png_bytes(views[view]))
-    atomic_write_bytes(root / STAMP, lambda tmp: tmp.write_text(cfg.fingerprint() + "\n"))  # last: files complete
+    # written last: the files are complete
+    atomic_write_bytes(root / STAMP, lambda tmp: tmp.write_text(cfg.fingerprint() + "\n"))
     return root
 
 
