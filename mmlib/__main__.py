@@ -30,10 +30,12 @@ def cmd_prepare(args) -> int:
     recipe = args.recipe or cfg.audio_recipe
     size = args.image_size or cfg.image_size
     options = {"text_length": cfg.text_length}
-    if getattr(dataset, "embedded", False):  # generated first, with the profile's generator parameters
-        path = dataset.ensure_prepared(root, recipe, size, args.skip_bad, generator=cfg.generator, **options)
+    # the profile's generator parameters belong to its own dataset; another dataset takes its defaults
+    generator = cfg.generator if dataset.name == cfg.dataset else {}
+    if getattr(dataset, "embedded", False):  # generated first, with the generator parameters
+        path = dataset.ensure_prepared(root, recipe, size, args.skip_bad, generator=generator, **options)
     else:
-        path = dataset.prepare(root, recipe, size, args.skip_bad, **options)
+        path = dataset.prepare(root, recipe, size, args.skip_bad, generator=generator, **options)
     print(path)
     return 0
 

@@ -21,6 +21,7 @@ import torch
 
 from .config import ExperimentConfig, find_params_file, from_dict, stable_hash
 from .data.cache import CacheError, TensorCache, atomic_write_bytes, fingerprint_of
+from .data.loader import source_modality
 from .identity import code_version, machine
 from .models.multimodal import build_model
 from .progress import progress_bar
@@ -101,13 +102,14 @@ def run_hash(cfg: ExperimentConfig) -> str:
 
 def build(cfg: ExperimentConfig, cache: TensorCache, dataset) -> tuple[torch.nn.Module, object]:
     balancer = get("balancers", cfg.balancer.name)(**cfg.balancer.params)
-    unknown = [m for m in cfg.data.modalities if m not in dataset.modalities]
+    source = {m: source_modality(m, dataset.modalities) for m in cfg.data.modalities}  # <m>_copy reads <m>
+    unknown = [m for m in cfg.data.modalities if source[m] not in dataset.modalities]
     if unknown:
         raise KeyError(f"data.modalities {unknown} are not modalities of {cfg.data.dataset} "
                        f"({list(dataset.modalities)})")
     used = balancer.modalities(list(cfg.data.modalities))
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, {m: dataset.modalities[m] for m in used}, cache.num_classes)
+    model = build_model(cfg.model, {m: dataset.modalities[source[m]] for m in used}, cache.num_classes)
     check_vocabulary(model, cache)
     return model, balancer
 

@@ -88,13 +88,24 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None, scal
 
 # frame modalities that are vector fields -> the channel of their horizontal component (optical flow: dx, dy)
 HORIZONTAL_COMPONENT = {"flow": 0}
+COPY_SUFFIX = "_copy"
+
+
+def source_modality(modality: str, available) -> str:
+    """The modality whose data ``modality`` reads: itself, or ``<m>`` for ``<m>_copy`` when only ``<m>`` is in
+    ``available`` (the Greedy paper's duplicated input, §6.2: the same tensor under a second name)."""
+    base = modality[: -len(COPY_SUFFIX)]
+    if modality not in available and modality.endswith(COPY_SUFFIX) and base in available:
+        return base
+    return modality
 
 
 class DeviceLoader:
     """Iterates over one split of a cache in batches, on ``device``.
 
     Shuffling and augmentation draw from a generator reseeded from (seed, epoch), so an epoch's batches do not
-    depend on what ran before it (resuming gives the same batches).
+    depend on what ran before it (resuming gives the same batches). A modality ``<m>_copy`` is served the very
+    batch tensor of ``<m>`` (same pixels, same crop); nothing is stored twice.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor], indices: torch.Tensor, modalities: list[str],
@@ -109,9 +120,15 @@ class DeviceLoader:
         self.channels_last = channels_last
         normalize = normalize or {}
         self.drop_last = train and len(indices) > batch_size  # full, static-shape batches when training
+        self.sources = {m: source_modality(m, tensors) for m in modalities}
+        missing = [m for m, source in self.sources.items() if source not in tensors]
+        if missing:
+            held = sorted(k for k in tensors if k not in ("label", "split") and not k.endswith("_count"))
+            raise KeyError(f"data.modalities {missing} are not in the tensor cache (it holds {held})")
         # frame-sequence modalities are those with a per-clip frame count ``<m>_count`` in the cache
-        self.frame_modalities = {m for m in modalities if f"{m}_count" in tensors}
-        self.norm = {m: self._normalisation(tensors[m].shape[2], normalize.get(m), device)
+        self.frame_modalities = {m for m in modalities if f"{self.sources[m]}_count" in tensors}
+        self.norm = {self.sources[m]: self._normalisation(tensors[self.sources[m]].shape[2],
+                                                          normalize.get(self.sources[m]), device)
                      for m in self.frame_modalities}
 
     @staticmethod
@@ -141,14 +158,20 @@ class DeviceLoader:
             order = order[torch.randperm(len(order), device=self.device, generator=gen)]
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
-            inputs = {}
+            inputs, served = {}, {}
             for m in self.modalities:
+                source = self.sources[m]
+                if source in served:  # a copy: the very tensor already served
+                    inputs[m] = served[source]
+                    continue
                 if m in self.frame_modalities:
-                    inputs[m] = self._frames(m, idx, gen)
+                    x = self._frames(source, idx, gen)
                 else:
-                    x = self._take(m, idx)
+                    x = self._take(source, idx)
                     x = x.float() if x.is_floating_point() else x  # token ids stay integers
-                    inputs[m] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+                    if self.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                inputs[m] = served[source] = x
             yield Batch(inputs=inputs, label=self._take("label", idx), index=idx)
 
     def _frames(self, m: str, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

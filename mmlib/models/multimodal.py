@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.loader import COPY_SUFFIX
 from ..registry import get
 from .fusion import Fusion, ModelOutput
 
@@ -47,12 +48,17 @@ class MultimodalModel(nn.Module):
 
 
 def build_model(model_cfg, modality_channels: dict[str, int], num_classes: int) -> MultimodalModel:
-    """Model from a ModelConfig: ``encoders: {modality: {name, **params}}`` and ``fusion: {name, **params}``."""
+    """Model from a ModelConfig: ``encoders: {modality: {name, **params}}`` and ``fusion: {name, **params}``.
+    A duplicated modality ``<m>_copy`` without an entry of its own gets ``<m>``'s spec (and weights of its
+    own)."""
     encoders = {}
     for m, channels in modality_channels.items():
-        if m not in model_cfg.encoders:
+        spec = model_cfg.encoders.get(m)
+        if spec is None and m.endswith(COPY_SUFFIX):
+            spec = model_cfg.encoders.get(m[: -len(COPY_SUFFIX)])
+        if spec is None:
             raise KeyError(f"model.encoders has no entry for modality {m!r}; it has {list(model_cfg.encoders)}")
-        spec = dict(model_cfg.encoders[m])
+        spec = dict(spec)
         name = spec.pop("name")
         spec.setdefault("in_channels", channels)
         encoders[m] = get("encoders", name)(**spec)
