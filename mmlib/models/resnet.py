@@ -2,7 +2,8 @@
 
 Input (B, C, H, W), or (B, T, C, H, W) for frame sequences: frames are folded into the batch and the output is
 mean-pooled over time and space, as in the public audio-visual code. Output: (B, out_dim) features. Staged
-(``mmlib.models.stages``): stem, layer1..layer4; the Greedy paper's MMTMs sit after the last three (greedy.md §6.1).
+(``mmlib.models.stages``): stem, layer1..layer4; the Greedy paper's MMTMs sit after the last three (greedy.md
+§6.1).
 """
 from __future__ import annotations
 
