@@ -310,6 +310,20 @@ def test_mmtm_on_staged_encoders_cuts_every_other_modality_out_of_a_switched_bra
                 torch.testing.assert_close(together[m], model(inputs).extras["branch_logits"][m])
 
 
+def test_mmtm_on_one_stream_is_a_squeeze_and_excitation_block():
+    """The Greedy paper's uni-modal baseline (§6.4): A <- 2 sigmoid(W_e relu(W_s mean(A))) A."""
+    module = MMTM({"a": 4})
+    maps = {"a": torch.randn(3, 4, 5, 5)}
+    with torch.no_grad():
+        out = module(maps, {"a": 1}, "s")["a"]
+        h = maps["a"].mean(dim=(2, 3))
+        gate = 2 * torch.sigmoid(module.excite["a"](torch.relu(module.squeeze(h))))
+    torch.testing.assert_close(out, maps["a"] * gate[:, :, None, None])
+    spec = SimpleNamespace(encoders={"a": {"name": "convnet4", "width": 2}}, fusion={"name": "mmtm"})
+    model = build_model(spec, {"a": 1}, CLASSES)
+    assert model(({"a": torch.randn(2, 1, 8, 8)})).logits.shape == (2, CLASSES)
+
+
 def test_mmtm_squeezes_3d_maps_over_time_and_space():
     module = MMTM({"a": 3, "b": 4})
     maps = {"a": torch.randn(2, 3, 5, 4, 4), "b": torch.randn(2, 4, 2, 3, 3)}  # (B, C, T, H, W)

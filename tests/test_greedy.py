@@ -422,3 +422,12 @@ def test_gradient_norms_option_and_run_identity(make_config, prepared_layout, tm
     assert "utilization" not in logged.final["test"] and "sparsity" in logged.final
     with pytest.raises(ValueError, match="train.gradient_norms"):
         experiments.run(cfg.replace(**{"train.gradient_norms": "maybe"}), root=tmp_path)
+
+
+def test_a_unimodal_run_on_the_mmtm_fusion_trains_the_squeeze_and_excitation_baseline(make_config,
+                                                                                        prepared_layout, tmp_path):
+    cfg = make_config(prepared_layout, **{"train.epochs": 1, "model.fusion": {"name": "mmtm"},
+                                          "balancer.name": "unimodal", "balancer.params": {"modality": "visual"}})
+    rec = experiments.run(cfg, root=tmp_path)
+    assert set(rec.final["test"]["unimodal"]["model"]) == {"visual"} and "utilization" not in rec.final["test"]
+    assert "speed" not in rec.final and 0 <= rec.final["sparsity"]["fraction"] < 1

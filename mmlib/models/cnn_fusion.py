@@ -1,5 +1,6 @@
 """Hybrid fusions between K >= 2 CNN streams, acting between the encoders' stages through multimodal transfer
-modules (MMTM, Joze et al. 2020):
+modules (MMTM, Joze et al. 2020); with a single stream (K = 1) each MMTM is a squeeze-and-excitation block, the
+Greedy paper's uni-modal baseline "comparable to the multi-modal DNNs with MMTMs" (greedy.md §6.4):
 
 - ``mmtm``: the Greedy paper's intermediate-fusion model (greedy.md §3, Fig. 1): an MMTM after each of the
   fused stages, a linear head per branch, prediction = mean of the branch logits, per-branch logits in
@@ -135,8 +136,6 @@ class CNNStreamsFusion(Fusion):
     def __init__(self, dims, num_classes, stages: tuple[str, ...] | None = None, ratio: float = 4.0,
                  running_momentum: float | None = None, stage_channels: dict[str, dict[str, int]] | None = None):
         super().__init__(dims, num_classes)
-        if len(dims) < 2:
-            raise ValueError(f"{type(self).__name__} joins at least two CNN streams, got {len(dims)}")
         if stage_channels is None:  # built from the feature widths alone: ResNet encoders
             stage_channels = {m: {s: resnet_stage_channels(d, s) for s in RESNET_STAGES} for m, d in dims.items()}
             stages = ResNet.fusion_stages if stages is None else stages
