@@ -56,6 +56,8 @@ class OptimConfig:
     weight_decay: float = 1e-4
     step_size: int = 70  # StepLR step, in epochs
     gamma: float = 0.1
+    l1: float = 0.0  # lambda of L' = L + lambda ||theta||_1 (greedy.md §6.3), for every balancer
+    l1_step: str = "subgradient"  # subgradient (lambda sign(theta) added to the gradients) | proximal
 
 
 @dataclass
@@ -73,6 +75,9 @@ class TrainConfig:
     protocols: list = field(default_factory=lambda: ["zero_feature"])  # unimodal-logit protocols evaluated
     track_test: bool = True  # evaluate test each epoch for curves (selection never looks at it unless select_on=test)
     progress: str = "auto"  # auto (a tqdm bar only in terminals) | on | off
+    # per-step squared gradient norms logged into record.steps (mmlib.utilization): auto = for MMTM-style fusions
+    # (Greedy's mu per branch and bypass, and each encoder's), on = each encoder's for any model too, off
+    gradient_norms: str = "auto"
 
 
 @dataclass

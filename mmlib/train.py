@@ -20,6 +20,7 @@ from .data.cache import TensorCache, save_torch
 from .data.loader import DeviceLoader, place_cache
 from .metrics import classification_metrics
 from .models.multimodal import MultimodalModel
+from .utilization import StepMonitor, add_l1_penalty, record_measures
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -37,12 +38,16 @@ def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
     balancer can set per-modality learning rates."""
     groups = named_param_groups(model)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "adagrad":
-        return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"optim.name must be sgd, adam or adagrad, got {cfg.name!r}")
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.name == "adam":
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.name == "adagrad":
+        optimizer = torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"optim.name must be sgd, adam or adagrad, got {cfg.name!r}")
+    # greedy.md §6.3: L' = L + lambda ||theta||_1, whatever the balancer (nothing when lambda = 0)
+    add_l1_penalty(optimizer, getattr(cfg, "l1", 0.0), getattr(cfg, "l1_step", "subgradient"))
+    return optimizer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,6 +103,7 @@ class Trainer:
                               autocast=self.autocast, protocol=t.protocols[0] if t.protocols else "zero_feature",
                               extras={"val_loader": self.loaders["val"]})
         self.balancer.setup(self.model, self.optimizer, self.info)
+        self.monitor = StepMonitor.for_model(self.model, t.gradient_norms)  # per-step gradient norms (Greedy's mu)
         self.run_dir = Path(run_dir) if run_dir else None
         self.history: list[dict] = []
         self.steps: dict[str, list[float]] = {}
@@ -151,7 +157,8 @@ class Trainer:
         self.balancer.on_epoch_start(self, epoch)
         states: list[dict[str, torch.Tensor]] = []
         for batch in self._progress(loader, epoch):
-            states.append(self.balancer.training_step(self.model, batch, self.optimizer))
+            state = self.balancer.training_step(self.model, batch, self.optimizer)
+            states.append({**state, **self.monitor()} if self.monitor else state)
         self.scheduler.step()
         self.balancer.on_epoch_end(self, epoch)
         keys = sorted({k for s in states for k in s})
@@ -193,6 +200,7 @@ class Trainer:
         train_seconds = self.seconds_before + time.perf_counter() - t0
         self.model.load_state_dict(self.best["state"])
         final = {"val": self.evaluate("val"), "test": self.evaluate("test")}
+        record_measures(self, final)  # R(f); Greedy's d_util and d_speed on MMTM-style models
         return {"final": final, "best_epoch": self.best["epoch"], "select_on": select, "history": self.history,
                 "steps": self.steps, "train_seconds": train_seconds, "device": self._device_name(),
                 "precision": self.precision}

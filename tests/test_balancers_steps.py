@@ -18,6 +18,7 @@ from torch import nn
 from mmlib.balancers.base import TrainInfo
 from mmlib.balancers.pmr import class_means
 from mmlib.data.loader import Batch
+from mmlib.models.cnn_fusion import MMTMFusion
 from mmlib.models.fusion import ConcatFusion, SumFusion
 from mmlib.models.multimodal import MultimodalModel
 from mmlib.registry import get
@@ -25,6 +26,7 @@ from mmlib.train import build_optimizer
 
 CLASSES = 3
 MINE = ["amss", "amss_plus", "global_wise", "elementwise_uniform", "ogr_gb", "mses", "mslr", "domfn", "pmr", "agm"]
+GREEDY = ["vanilla", "greedy", "greedy_random", "rubi"]  # the Greedy paper's methods, stepped on its MMTM model
 
 
 class TinyConv(nn.Module):
@@ -53,6 +55,10 @@ class TinyAttention(nn.Module):
 
 def make_model(fusion=ConcatFusion, modalities=("audio", "visual")):
     torch.manual_seed(0)
+    if fusion is MMTMFusion:  # staged encoders joined by MMTMs (the Greedy paper's model)
+        channels = {"audio": 1, "visual": 3}
+        encoders = {m: get("encoders", "convnet4")(in_channels=channels[m], width=2) for m in modalities}
+        return MultimodalModel(encoders, MMTMFusion.from_encoders(encoders, CLASSES))
     make = {"audio": lambda: TinyConv(1), "visual": lambda: TinyConv(3), "text": TinyAttention}
     encoders = {m: make[m]() for m in modalities}
     return MultimodalModel(encoders, fusion({m: e.out_dim for m, e in encoders.items()}, CLASSES))
@@ -331,8 +337,11 @@ def test_pmr_prototypes_and_step():
     assert torch.equal(restored.prototypes["visual"], bal.prototypes["visual"])
 
 
-@pytest.mark.parametrize("fusion", [ConcatFusion, SumFusion])
-@pytest.mark.parametrize("name", MINE)
+STEPPED = ([(name, fusion) for name in MINE + ["rubi"] for fusion in (ConcatFusion, SumFusion)]
+           + [(name, MMTMFusion) for name in GREEDY])
+
+
+@pytest.mark.parametrize("name, fusion", STEPPED, ids=lambda v: v if isinstance(v, str) else v.__name__)
 def test_every_balancer_step_logs_finite_state(name, fusion):
     r = run_step(name, fusion=fusion)
     assert "loss" in r.state and all(math.isfinite(v) for v in r.state.values()), r.state
@@ -340,11 +349,12 @@ def test_every_balancer_step_logs_finite_state(name, fusion):
     r.balancer.load_state_dict(r.balancer.state_dict())  # resumable
 
 
-@pytest.mark.parametrize("name", MINE)
-def test_every_balancer_runs_under_bf16_autocast(name):
+@pytest.mark.parametrize("name, fusion", [(n, ConcatFusion) for n in MINE] + [(n, MMTMFusion) for n in GREEDY],
+                         ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_every_balancer_runs_under_bf16_autocast(name, fusion):
     """On the GPU the Trainer runs the forward pass under bf16 autocast: features and logits reach the balancer
     in bf16 (checked here with CPU autocast)."""
-    model, batch = make_model(), make_batch()
+    model, batch = make_model(fusion), make_batch()
     optimizer = build_optimizer(model, SimpleNamespace(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))
 
     def bf16():

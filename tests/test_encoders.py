@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlib.models.stages import global_mean, is_staged
 from mmlib.models.transformer import HeadwiseAttention
 from mmlib.registry import get, names
 
@@ -25,6 +26,7 @@ TINY = {
     "vit": ({"in_channels": 1, "width": 8, "depth": 2, "heads": 2, "patch_size": 4, "input_size": (12, 16),
              "max_frames": 2}, lambda: torch.randn(BATCH, 2, 1, 12, 16)),
     "i3d": ({"in_channels": 3, "width": 2, "blocks": (1, 1)}, lambda: torch.randn(BATCH, 4, 3, 16, 16)),
+    "convnet4": ({"in_channels": 1, "width": 2}, lambda: torch.randn(BATCH, 1, 28, 28)),
     "text_bert": ({"pretrained": False, "width": 16, "layers": 2, "heads": 2, "vocab_size": 50,
                    "max_length": 16}, token_ids),
 }
@@ -56,6 +58,31 @@ def test_encoder_trains_one_sgd_step(name):
     optimizer.step()
     changed = [n for n, p in encoder.named_parameters() if not torch.equal(p, before[n])]
     assert len(changed) > len(before) // 2, f"only {changed} changed"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "i3d", "convnet4"])
+def test_staged_encoders_declare_their_stages_and_run_them_as_forward_does(name):
+    params, make_input = TINY[name]
+    encoder = get("encoders", name)(**params).eval()
+    assert is_staged(encoder) and set(encoder.fusion_stages) <= set(encoder.stage_names)
+    assert list(encoder.stage_channels) == list(encoder.stage_names)
+    x = make_input()
+    with torch.no_grad():
+        fmap, frames = encoder.enter(x)
+        for stage in encoder.stage_names:
+            fmap = encoder.stage(stage, fmap)
+            assert fmap.shape[1] == encoder.stage_channels[stage], stage
+        torch.testing.assert_close(global_mean(fmap, frames), encoder(x))
+    assert encoder.stage_channels[encoder.stage_names[-1]] == encoder.out_dim
+    with pytest.raises(KeyError, match="no stage"):
+        encoder.stage("nope", fmap)
+
+
+def test_i3d_stages_are_its_inception_modules_and_the_greedy_positions_the_last_six():
+    encoder = get("encoders", "i3d")(in_channels=3, width=2, blocks=(2, 3, 2))
+    assert encoder.stage_names == tuple(f"inception{i}" for i in range(1, 8))
+    assert encoder.fusion_stages == encoder.stage_names[1:]
+    assert [encoder.stage_channels[s] for s in ("inception2", "inception3", "inception7")] == [8, 16, 32]
 
 
 def test_headwise_attention_slices_are_contiguous_per_head():

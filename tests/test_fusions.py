@@ -1,5 +1,5 @@
 """Every registered fusion with 2 and 3 modalities: forward/backward, unimodal protocols, parameter groups;
-the ETMC combination rule; the MMTM running-average switches of the Greedy paper."""
+the ETMC combination rule; the MMTM running-average switches of the Greedy paper, on every staged encoder."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlib.models import PROTOCOLS, MultimodalModel
-from mmlib.models.cnn_fusion import MMTMFusion
+from types import SimpleNamespace
+
+from mmlib.models import PROTOCOLS, MultimodalModel, build_model
+from mmlib.models.cnn_fusion import MMTM, MMTMFusion
 from mmlib.models.feature_fusion import ETMCFusion, dempster_shafer
 from mmlib.registry import get, names
 
@@ -237,7 +239,17 @@ def test_mmtm_prediction_is_the_mean_of_the_branch_logits_and_switches_check_nam
 def test_hybrid_fusions_reject_wrong_encoders():
     model, inputs = build("mmtm", 2)
     model.encoders["b"] = FlatEncoder(512)
-    with pytest.raises(TypeError, match="needs ResNet encoders"):
+    with pytest.raises(TypeError, match="needs staged CNN encoders"):
+        model(inputs)
+    with pytest.raises(TypeError, match="needs staged CNN encoders"):
+        MMTMFusion.from_encoders({"a": resnet(4), "b": FlatEncoder(8)}, CLASSES)
+    with pytest.raises(ValueError, match="default fusion stages differ"):
+        MMTMFusion.from_encoders({"a": resnet(4), "b": STAGED["convnet4"][0]()}, CLASSES)
+    with pytest.raises(ValueError, match="stages must be distinct names"):
+        MMTMFusion.from_encoders({"a": resnet(4), "b": resnet(4)}, CLASSES, stages=["layer2", "conv3"])
+    model, inputs = build("mmtm", 2)
+    model.encoders["b"] = resnet(8)  # twice the channels the fusion was built for
+    with pytest.raises(ValueError, match="expected"):
         model(inputs)
     with pytest.raises(ValueError, match="one width"):
         get("fusions", "mbt")({"a": 8, "b": 16}, CLASSES)
@@ -249,3 +261,108 @@ def test_chained_fusions_need_two_modalities_and_a_valid_order():
             get("fusions", name)({"a": 4}, CLASSES)
     with pytest.raises(ValueError, match="exactly once"):
         get("fusions", "affine")({"a": 4, "b": 4}, CLASSES, order=["a", "a"])
+
+
+# ------------------------------------------------------------ MMTM on every staged encoder, K = 2 and 3
+STAGED = {  # encoder factory, input shape (B = 4), the MMTM positions the Greedy paper uses
+    "resnet18": (lambda: resnet(2), (4, 3, 16, 16), ("layer2", "layer3", "layer4")),
+    "i3d": (lambda: get("encoders", "i3d")(in_channels=3, width=2, blocks=(1, 1)), (4, 2, 3, 12, 12),
+            ("inception1", "inception2")),
+    "convnet4": (lambda: get("encoders", "convnet4")(in_channels=3, width=2), (4, 3, 12, 12),
+                 ("conv2", "conv3", "conv4")),
+}
+
+
+def staged_model(encoder: str, k: int, seed: int = 0):
+    torch.manual_seed(seed)
+    make, shape, _ = STAGED[encoder]
+    encoders = {m: make() for m in MODALITIES[:k]}
+    model = MultimodalModel(encoders, MMTMFusion.from_encoders(encoders, CLASSES))
+    inputs = {m: torch.randn(shape) for m in MODALITIES[:k]}
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):  # regular training-mode passes record the running averages
+            model({m: torch.randn_like(x) for m, x in inputs.items()})
+    model.eval()
+    return model, inputs
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("encoder", sorted(STAGED))
+def test_mmtm_on_staged_encoders_cuts_every_other_modality_out_of_a_switched_branch(encoder, k):
+    model, inputs = staged_model(encoder, k)
+    assert model.fusion.stages == STAGED[encoder][2]
+    out = model(inputs)
+    F.cross_entropy(out.logits, torch.arange(4) % CLASSES).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    for m in model.modalities:
+        perturbed = {n: x if n == m else x + torch.randn_like(x) for n, x in inputs.items()}
+        assert not torch.allclose(_branches(model, inputs)[m], _branches(model, perturbed)[m])
+        for switch in ("frozen_gate", "averaged_squeeze"):
+            with getattr(model.fusion, switch)(m):
+                before, after = _branches(model, inputs), _branches(model, perturbed)
+            torch.testing.assert_close(before[m], after[m])
+    with torch.no_grad():  # every f'_m at once equals each f'_m on its own
+        with model.fusion.averaged_squeeze(*model.modalities):
+            together = model(inputs).extras["branch_logits"]
+        for m in model.modalities:
+            with model.fusion.averaged_squeeze(m):
+                torch.testing.assert_close(together[m], model(inputs).extras["branch_logits"][m])
+
+
+def test_mmtm_on_one_stream_is_a_squeeze_and_excitation_block():
+    """The Greedy paper's uni-modal baseline (§6.4): A <- 2 sigmoid(W_e relu(W_s mean(A))) A."""
+    module = MMTM({"a": 4})
+    maps = {"a": torch.randn(3, 4, 5, 5)}
+    with torch.no_grad():
+        out = module(maps, {"a": 1}, "s")["a"]
+        h = maps["a"].mean(dim=(2, 3))
+        gate = 2 * torch.sigmoid(module.excite["a"](torch.relu(module.squeeze(h))))
+    torch.testing.assert_close(out, maps["a"] * gate[:, :, None, None])
+    spec = SimpleNamespace(encoders={"a": {"name": "convnet4", "width": 2}}, fusion={"name": "mmtm"})
+    model = build_model(spec, {"a": 1}, CLASSES)
+    assert model(({"a": torch.randn(2, 1, 8, 8)})).logits.shape == (2, CLASSES)
+
+
+def test_mmtm_squeezes_3d_maps_over_time_and_space():
+    module = MMTM({"a": 3, "b": 4})
+    maps = {"a": torch.randn(2, 3, 5, 4, 4), "b": torch.randn(2, 4, 2, 3, 3)}  # (B, C, T, H, W)
+    with torch.no_grad():
+        out = module(maps, {"a": 1, "b": 1}, "s", record=True)
+    squeezes = [maps[m].mean(dim=(2, 3, 4)) for m in ("a", "b")]
+    torch.testing.assert_close(module.running_squeeze("a"), squeezes[0].mean(0))
+    for i, m in enumerate(("a", "b")):
+        gate = 2 * torch.sigmoid(module._excite(squeezes, m))
+        torch.testing.assert_close(out[m], maps[m] * gate[:, :, None, None, None])
+
+
+def test_mmtm_running_averages_are_exact_means_of_each_modalitys_own_values():
+    """Eq. 6 and 13: the mean over every recorded sample (batches of any size) of each modality's own squeeze
+    and excitation; the public code's bug (the second modality's average fed from the first's gate) is absent,
+    which different channel counts would expose."""
+    torch.manual_seed(0)
+    module = MMTM({"a": 3, "b": 5})
+    squeezes, excitations = {"a": [], "b": []}, {"a": [], "b": []}
+    with torch.no_grad():
+        for size in (2, 5, 3, 1):
+            maps = {"a": torch.randn(size, 3, 4, 4), "b": torch.randn(size, 5, 2, 2)}
+            module(maps, {"a": 1, "b": 1}, "s", record=True)
+            h = [maps[m].mean(dim=(2, 3)) for m in ("a", "b")]
+            for i, m in enumerate(("a", "b")):
+                squeezes[m].append(h[i])
+                excitations[m].append(module._excite(h, m))
+    assert float(module.samples_seen) == 11
+    for m in ("a", "b"):
+        torch.testing.assert_close(module.running_squeeze(m), torch.cat(squeezes[m]).mean(0))
+        torch.testing.assert_close(module.running_excitation(m), torch.cat(excitations[m]).mean(0))
+
+
+def test_mmtm_from_build_model_with_frames_folded_into_the_batch():
+    spec = SimpleNamespace(encoders={"a": {"name": "convnet4", "width": 2}, "b": {"name": "resnet18", "width": 2}},
+                           fusion={"name": "channel", "stages": ["conv3"]})
+    with pytest.raises(ValueError, match="stages must be distinct names"):
+        build_model(spec, {"a": 3, "b": 1}, CLASSES)
+    spec = SimpleNamespace(encoders={m: {"name": "convnet4", "width": 2} for m in "ab"}, fusion={"name": "mmtm"})
+    model = build_model(spec, {"a": 3, "b": 1}, CLASSES)
+    out = model({"a": torch.randn(2, 3, 3, 8, 8), "b": torch.randn(2, 1, 8, 8)})  # a: 3 frames
+    assert out.logits.shape == (2, CLASSES)

@@ -38,15 +38,27 @@ class Encoder(nn.Sequential):
 
 
 PARAMS = {"unimodal": {"modality": "audio"}, "global_wise": {"coefficients": {"audio": 0.5}},
-          "elementwise_uniform": {"ratios": {"audio": 0.5}}}
+          "elementwise_uniform": {"ratios": {"audio": 0.5}}, "greedy": {"alpha": 0.0}}
+GATED = {"vanilla", "greedy", "greedy_random"}  # the Greedy paper's model: CNN branches joined by MMTMs
+
+
+def users_model(name: str):
+    """A concat model of two MLPs on flat inputs, or for the Greedy methods two four-layer CNNs joined by MMTMs
+    on 8x8 images; (model, data)."""
+    if name not in GATED:
+        encoders = {"audio": Encoder(12), "visual": Encoder(20)}
+        fusion = get("fusions", "concat")({m: e.out_dim for m, e in encoders.items()}, 4)
+        return MultimodalModel(encoders, fusion), TensorDataset(torch.randn(64, 12), torch.randn(64, 20),
+                                                                torch.randint(0, 4, (64,)))
+    encoders = {m: get("encoders", "convnet4")(in_channels=c, width=2) for m, c in (("audio", 1), ("visual", 3))}
+    model = MultimodalModel(encoders, get("fusions", "mmtm").from_encoders(encoders, 4))
+    return model, TensorDataset(torch.randn(64, 1, 8, 8), torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,)))
 
 
 @pytest.mark.parametrize("name", names("balancers"))
 def test_every_balancer_trains_a_users_model_from_a_plain_loop(name):
     torch.manual_seed(0)
-    encoders = {"audio": Encoder(12), "visual": Encoder(20)}
-    model = MultimodalModel(encoders, get("fusions", "concat")({m: e.out_dim for m, e in encoders.items()}, 4))
-    data = TensorDataset(torch.randn(64, 12), torch.randn(64, 20), torch.randint(0, 4, (64,)))
+    model, data = users_model(name)
     to_batch = lambda a, v, y: Batch({"audio": a, "visual": v}, y)  # noqa: E731
     train = Batches(DataLoader(data, batch_size=16, shuffle=True), to_batch)
     val = Batches(DataLoader(data, batch_size=32), to_batch)
@@ -63,4 +75,5 @@ def test_every_balancer_trains_a_users_model_from_a_plain_loop(name):
         balancer.on_epoch_end(context, epoch)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, f"{name} left every parameter unchanged"
-    assert sorted(g["name"] for g in optimizer.param_groups) == ["audio", "shared", "visual"]
+    expected = ["audio", "rubi", "shared", "visual"] if name == "rubi" else ["audio", "shared", "visual"]
+    assert sorted(g["name"] for g in optimizer.param_groups) == expected

@@ -138,7 +138,8 @@ def test_one_step_of_every_balancer(make_config, prepared_layout, balancer):
     """Every registered balancer takes a training step on the default model: finite logged state, and some
     parameter of the model changes; the same seed gives the same state."""
     def step():
-        cfg = make_config(prepared_layout, **{"balancer.name": balancer})
+        gated = {"model.fusion": {"name": "mmtm"}} if balancer in ("vanilla", "greedy", "greedy_random") else {}
+        cfg = make_config(prepared_layout, **{"balancer.name": balancer, **gated})
         dataset, cache = experiments.load_cache(cfg)
         model, bal = experiments.build(cfg, cache, dataset)
         trainer = Trainer(cfg, model, bal, cache)

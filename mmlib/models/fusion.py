@@ -43,6 +43,12 @@ class Fusion(nn.Module):
         self.dims, self.num_classes = dict(dims), num_classes
         self.modalities = list(dims)
 
+    @classmethod
+    def from_encoders(cls, encoders: dict[str, nn.Module], num_classes: int, **params) -> "Fusion":
+        """The fusion for these encoders (what ``build_model`` calls): from their feature widths ``out_dim``;
+        fusions acting inside the encoders read more of them (mmlib.models.cnn_fusion)."""
+        return cls({m: e.out_dim for m, e in encoders.items()}, num_classes, **params)
+
     def run(self, encoders: nn.ModuleDict, inputs: dict[str, torch.Tensor]) -> ModelOutput:
         """Encode each modality, then fuse. Hybrid fusions override this to act inside the encoders."""
         features = {m: encoders[m](inputs[m]) for m in self.modalities}

@@ -64,5 +64,4 @@ def build_model(model_cfg, modality_channels: dict[str, int], num_classes: int) 
         encoders[m] = get("encoders", name)(**spec)
     fspec = dict(model_cfg.fusion)
     fusion_cls = get("fusions", fspec.pop("name"))
-    dims = {m: e.out_dim for m, e in encoders.items()}
-    return MultimodalModel(encoders, fusion_cls(dims, num_classes, **fspec))
+    return MultimodalModel(encoders, fusion_cls.from_encoders(encoders, num_classes, **fspec))

@@ -1,7 +1,9 @@
 """ResNet18 / ResNet50 encoders with configurable input channels and base width.
 
 Input (B, C, H, W), or (B, T, C, H, W) for frame sequences: frames are folded into the batch and the output is
-mean-pooled over time and space, as in the public audio-visual code. Output: (B, out_dim) features.
+mean-pooled over time and space, as in the public audio-visual code. Output: (B, out_dim) features. Staged
+(``mmlib.models.stages``): stem, layer1..layer4; the Greedy paper's MMTMs sit after the last three (greedy.md
+§6.1).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from ..registry import register
+from .stages import fold_frames, global_mean
 
 
 class BasicBlock(nn.Module):
@@ -57,6 +60,9 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    stage_names = ("layer1", "layer2", "layer3", "layer4")
+    fusion_stages = ("layer2", "layer3", "layer4")
+
     def __init__(self, block: type, layers: tuple[int, ...], in_channels: int = 3, width: int = 64):
         super().__init__()
         if in_channels < 1 or width < 1:
@@ -66,6 +72,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], width
+        self.stage_channels = {}
         for i, n in enumerate(layers):
             w = width * 2**i
             blocks = []
@@ -73,6 +80,7 @@ class ResNet(nn.Module):
                 blocks.append(block(cin, w, stride=2 if (i > 0 and j == 0) else 1))
                 cin = w * block.expansion
             stages.append(nn.Sequential(*blocks))
+            self.stage_channels[self.stage_names[i]] = cin
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_dim = cin
         for m in self.modules():
@@ -85,18 +93,23 @@ class ResNet(nn.Module):
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = 1
-        if x.dim() == 5:  # (B, T, C, H, W): fold frames into the batch
-            frames = x.shape[1]
-            x = x.flatten(0, 1)
+    def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The stem on (B, C, H, W) or (B, T, C, H, W) (frames folded into the batch) -> (map, frames)."""
+        x, frames = fold_frames(x)
         if self.conv1.weight.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        fmap = self.feature_map(x)
-        return fmap.mean(dim=(2, 3)).view(-1, frames, fmap.shape[1]).mean(dim=1)
+        return self.stem(x), frames
+
+    def stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name not in self.stage_names:
+            raise KeyError(f"ResNet has no stage {name!r}; its stages are {', '.join(self.stage_names)}")
+        return getattr(self, name)(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap, frames = self.enter(x)
+        for name in self.stage_names:
+            fmap = self.stage(name, fmap)
+        return global_mean(fmap, frames)
 
 
 @register("encoders", "resnet18")
