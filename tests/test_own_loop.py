@@ -38,14 +38,16 @@ class Encoder(nn.Sequential):
 
 
 PARAMS = {"unimodal": {"modality": "audio"}, "global_wise": {"coefficients": {"audio": 0.5}},
-          "elementwise_uniform": {"ratios": {"audio": 0.5}}}
+          "elementwise_uniform": {"ratios": {"audio": 0.5}}, "dnr": {"reinit_epoch": 1}}
+FUSION = {"mla": "shared_head"}  # MLA trains one head shared by every modality
 
 
 @pytest.mark.parametrize("name", names("balancers"))
 def test_every_balancer_trains_a_users_model_from_a_plain_loop(name):
     torch.manual_seed(0)
     encoders = {"audio": Encoder(12), "visual": Encoder(20)}
-    model = MultimodalModel(encoders, get("fusions", "concat")({m: e.out_dim for m, e in encoders.items()}, 4))
+    fusion = get("fusions", FUSION.get(name, "concat"))({m: e.out_dim for m, e in encoders.items()}, 4)
+    model = MultimodalModel(encoders, fusion)
     data = TensorDataset(torch.randn(64, 12), torch.randn(64, 20), torch.randint(0, 4, (64,)))
     to_batch = lambda a, v, y: Batch({"audio": a, "visual": v}, y)  # noqa: E731
     train = Batches(DataLoader(data, batch_size=16, shuffle=True), to_batch)
@@ -53,9 +55,9 @@ def test_every_balancer_trains_a_users_model_from_a_plain_loop(name):
     context = LoopContext(model, {"train": train, "val": val})
     optimizer = torch.optim.SGD(named_param_groups(model), lr=0.05)
     balancer = make(name, **PARAMS.get(name, {}))
-    balancer.attach(model, optimizer, epochs=2, steps_per_epoch=len(train), num_classes=4)
+    balancer.attach(model, optimizer, epochs=3, steps_per_epoch=len(train), num_classes=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for epoch in range(2):
+    for epoch in range(3):
         balancer.on_epoch_start(context, epoch)
         for batch in train:
             state = balancer.training_step(model, batch, optimizer)
