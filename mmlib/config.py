@@ -73,6 +73,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads of this run (0: torch's default); CPU results depend on it, so it is hashed
     select_on: str = "val"  # checkpoint selection split: val | test (the public code's protocol; label it)
     protocols: list = field(default_factory=lambda: ["zero_feature"])  # unimodal-logit protocols evaluated
+    probes: list = field(default_factory=list)  # per-epoch probes on the train split (mmlib.probes): suppression
     track_test: bool = True  # evaluate test each epoch for curves (selection never looks at it unless select_on=test)
     progress: str = "auto"  # auto (a tqdm bar only in terminals) | on | off
     # per-step squared gradient norms logged into record.steps (mmlib.utilization): auto = for MMTM-style fusions

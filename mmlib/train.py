@@ -20,6 +20,7 @@ from .data.cache import TensorCache, save_torch
 from .data.loader import DeviceLoader, place_cache
 from .metrics import classification_metrics
 from .models.multimodal import MultimodalModel
+from .probes import check_probes, evaluate_probes
 from .utilization import StepMonitor, add_l1_penalty, record_measures
 
 
@@ -79,6 +80,7 @@ class Trainer:
             if p not in model.fusion.protocols:
                 raise ValueError(f"train.protocols: fusion {type(model.fusion).__name__} does not support {p!r}; "
                                  f"it supports {', '.join(model.fusion.protocols)}")
+        check_probes(t.probes, model.fusion)
         self.modalities = model.modalities
         tensors = place_cache(cache, self.device)
         common = dict(tensors=tensors, modalities=self.modalities, frames=cfg.data.frames, device=self.device,
@@ -188,6 +190,9 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             train_state = self.train_epoch(epoch)
             entry = {"epoch": epoch, "train": train_state, "lr": self.scheduler.get_last_lr()[0]}
+            if self.cfg.train.probes:  # e.g. DGL Fig. 3(a)'s suppression factor, on the training set
+                entry["probes"] = evaluate_probes(self.model, self.loaders["train"], self.cfg.train.probes,
+                                                  self.autocast)
             entry["val"] = self.evaluate("val")
             if self.cfg.train.track_test or select == "test":
                 entry["test"] = self.evaluate("test")

@@ -19,13 +19,15 @@ from mmlib.balancers.base import TrainInfo
 from mmlib.balancers.pmr import class_means
 from mmlib.data.loader import Batch
 from mmlib.models.cnn_fusion import MMTMFusion
-from mmlib.models.fusion import ConcatFusion, SumFusion
+from mmlib.models.fusion import ConcatFusion, SharedHeadFusion, SumFusion
 from mmlib.models.multimodal import MultimodalModel
 from mmlib.registry import get
 from mmlib.train import build_optimizer
 
 CLASSES = 3
-MINE = ["amss", "amss_plus", "global_wise", "elementwise_uniform", "ogr_gb", "mses", "mslr", "domfn", "pmr", "agm"]
+MINE = ["amss", "amss_plus", "global_wise", "elementwise_uniform", "ogr_gb", "mses", "mslr", "domfn", "pmr", "agm",
+        "dgl", "mla", "mmpareto", "dnr", "g_blending"]
+REQUIRED_FUSION = {"mla": SharedHeadFusion}  # MLA trains one head shared by every modality
 GREEDY = ["vanilla", "greedy", "greedy_random", "rubi"]  # the Greedy paper's methods, stepped on its MMTM model
 
 
@@ -343,7 +345,7 @@ STEPPED = ([(name, fusion) for name in MINE + ["rubi"] for fusion in (ConcatFusi
 
 @pytest.mark.parametrize("name, fusion", STEPPED, ids=lambda v: v if isinstance(v, str) else v.__name__)
 def test_every_balancer_step_logs_finite_state(name, fusion):
-    r = run_step(name, fusion=fusion)
+    r = run_step(name, fusion=REQUIRED_FUSION.get(name, fusion))
     assert "loss" in r.state and all(math.isfinite(v) for v in r.state.values()), r.state
     assert any(bool(c.abs().sum() > 0) for c in r.change.values())
     r.balancer.load_state_dict(r.balancer.state_dict())  # resumable
@@ -354,7 +356,7 @@ def test_every_balancer_step_logs_finite_state(name, fusion):
 def test_every_balancer_runs_under_bf16_autocast(name, fusion):
     """On the GPU the Trainer runs the forward pass under bf16 autocast: features and logits reach the balancer
     in bf16 (checked here with CPU autocast)."""
-    model, batch = make_model(fusion), make_batch()
+    model, batch = make_model(REQUIRED_FUSION.get(name, fusion)), make_batch()
     optimizer = build_optimizer(model, SimpleNamespace(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))
 
     def bf16():

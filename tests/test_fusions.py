@@ -45,6 +45,7 @@ SETUPS = {
                 {"stages": ["layer3", "layer4"]}),
     "mbt": (lambda i: vit(), lambda i: (BATCH, 2, 1, 8, 8) if i == 1 else (BATCH, 1, 8, 8),
             {"fusion_layer": 1, "bottlenecks": 2}),
+    "shared_head": (lambda i: FlatEncoder(6), lambda i: (BATCH, 4), {}),  # one head: features of one size
 }
 DEFAULT_SETUP = (lambda i: FlatEncoder(6 + 2 * i), lambda i: (BATCH, 4), {})
 SMALL_PARAMS = {"weight": {"attention_dim": 8}, "gated": {"hidden": 8}, "ml_lstm": {"hidden": 8},

@@ -38,7 +38,9 @@ class Encoder(nn.Sequential):
 
 
 PARAMS = {"unimodal": {"modality": "audio"}, "global_wise": {"coefficients": {"audio": 0.5}},
-          "elementwise_uniform": {"ratios": {"audio": 0.5}}, "greedy": {"alpha": 0.0}}
+          "elementwise_uniform": {"ratios": {"audio": 0.5}}, "greedy": {"alpha": 0.0},
+          "dnr": {"reinit_epoch": 1}}
+FUSION = {"mla": "shared_head"}  # MLA trains one head shared by every modality
 GATED = {"vanilla", "greedy", "greedy_random"}  # the Greedy paper's model: CNN branches joined by MMTMs
 
 
@@ -47,7 +49,7 @@ def users_model(name: str):
     on 8x8 images; (model, data)."""
     if name not in GATED:
         encoders = {"audio": Encoder(12), "visual": Encoder(20)}
-        fusion = get("fusions", "concat")({m: e.out_dim for m, e in encoders.items()}, 4)
+        fusion = get("fusions", FUSION.get(name, "concat"))({m: e.out_dim for m, e in encoders.items()}, 4)
         return MultimodalModel(encoders, fusion), TensorDataset(torch.randn(64, 12), torch.randn(64, 20),
                                                                 torch.randint(0, 4, (64,)))
     encoders = {m: get("encoders", "convnet4")(in_channels=c, width=2) for m, c in (("audio", 1), ("visual", 3))}
@@ -65,9 +67,9 @@ def test_every_balancer_trains_a_users_model_from_a_plain_loop(name):
     context = LoopContext(model, {"train": train, "val": val})
     optimizer = torch.optim.SGD(named_param_groups(model), lr=0.05)
     balancer = make(name, **PARAMS.get(name, {}))
-    balancer.attach(model, optimizer, epochs=2, steps_per_epoch=len(train), num_classes=4)
+    balancer.attach(model, optimizer, epochs=3, steps_per_epoch=len(train), num_classes=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for epoch in range(2):
+    for epoch in range(3):
         balancer.on_epoch_start(context, epoch)
         for batch in train:
             state = balancer.training_step(model, batch, optimizer)

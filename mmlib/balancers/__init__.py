@@ -6,6 +6,7 @@ model and how a plain PyTorch loop drives it (``attach``, ``Batch``, ``Batches``
 from . import naive, ogm_ge  # noqa: F401
 from . import agm, amss, domfn, mses, mslr, ogr_gb, pmr  # noqa: F401
 from . import greedy, rubi, vanilla  # noqa: F401
+from . import dgl, dnr, mla, mmpareto  # noqa: F401
 from ..data.loader import Batch
 from ..registry import get
 from .base import Balancer, Batches, LoopContext, TrainInfo, named_param_groups

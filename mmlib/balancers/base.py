@@ -67,11 +67,13 @@ class Batches:
 @dataclass
 class LoopContext:
     """What the epoch hooks of a balancer read from the loop that drives it (the Trainer is one): the model, the
-    ``train`` and ``val`` batches (``Batches``), and the autocast context."""
+    ``train`` and ``val`` batches (``Batches``), the autocast context, and the learning-rate scheduler (only for
+    methods that step it themselves, e.g. ``dgl`` with ``scheduler_at_epoch_start``)."""
 
     model: Any
     loaders: dict = field(default_factory=dict)
     autocast: Callable[[], Any] = contextlib.nullcontext
+    scheduler: Any = None
 
 
 def named_param_groups(model) -> list[dict]:

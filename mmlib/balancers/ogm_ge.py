@@ -5,7 +5,9 @@ Per step, after the fused loss's backward:
     rho^u = s^u / min_{v != u} s^v                            (discrepancy ratio; for M = 2 the paper's s^a / s^v)
     k^u   = 1 - tanh(alpha * rho^u)  if rho^u > 1  else 1     (paper Eq. 10; the argument is rho, not rho - 1)
     g     <- k^u g + h,  h ~ N(0, std(g)^2)                   (GE; std of the unscaled gradient, per tensor)
-applied to the encoder parameters of modality u.
+applied to the encoder parameters of modality u. For M > 2 (DGL Table 2, right: the core balancing rule kept)
+every modality is scored against the weakest one, as BalanceMM generalises it (ratio = s^u / min s): every modality
+but the weakest is slowed by its own ratio, the weakest keeps k = 1.
 
 GE's noise has one std per tensor, as large as a typical element of its gradient. SGD averages it out over steps;
 Adam normalises every element by its own running magnitude, so the noise dominates each update (the text
@@ -23,6 +25,7 @@ import torch
 
 from ..registry import register
 from .base import Balancer
+from .common import resolve_protocol
 
 
 @dataclass
@@ -32,7 +35,9 @@ class OGMGEConfig:
     scope: str = "encoder"  # encoder (paper: all encoder parameters) | conv_kernels (public code)
     start_epoch: int = 0  # first epoch modulated
     end_epoch: int = -1  # last epoch modulated, inclusive; -1: to the end (public code: 50)
-    protocol: str = "head_split"  # unimodal logits for the score: the modality's block of the head, bias / M
+    # unimodal logits for the score: head_split (the modality's block of the head, bias / M); auto / zero_feature
+    # for fusions without one (DGL Table 2: zero_feature under MMTM and MLP-Mixer)
+    protocol: str = "head_split"
 
 
 def ogm_coefficients(unimodal_logits: dict[str, torch.Tensor], labels: torch.Tensor,
@@ -58,6 +63,7 @@ class OGMGE(Balancer):
             raise ValueError(f"ogm_ge.scope must be 'encoder' or 'conv_kernels', got {self.cfg.scope!r}")
         if len(model.modalities) < 2:
             raise ValueError("ogm_ge needs at least two modalities")
+        self.protocol = resolve_protocol(model.fusion, self.cfg.protocol)
         self.params = {m: [p for p in model.encoder_parameters(m)
                            if self.cfg.scope == "encoder" or p.dim() == 4] for m in model.modalities}
         self._state: dict[str, torch.Tensor] = {}
@@ -68,7 +74,7 @@ class OGMGE(Balancer):
     @torch.no_grad()
     def adjust_gradients(self, model, out, batch):
         with self.info.autocast():  # the features come from an autocast forward pass
-            uni = model.unimodal_logits(batch.inputs, out, self.cfg.protocol)
+            uni = model.unimodal_logits(batch.inputs, out, self.protocol)
         ratios, coeffs = ogm_coefficients(uni, batch.label, self.cfg.alpha)
         self._state = {**{f"ratio_{m}": r for m, r in ratios.items()}, **{f"coeff_{m}": k for m, k in coeffs.items()}}
         if not self.active():

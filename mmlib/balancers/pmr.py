@@ -6,14 +6,16 @@ train mode (batch-norm batch statistics), as the public code does (``prototype_m
 statistics, which on an untrained model put the prototypes so far apart that rho reaches 1e12 and the loss NaN).
 Per step, with d(h, c) the Euclidean distance and P^m_i = softmax_y(-d(h^m_i, c^m_y)):
     s^m     = sum_i P^m_i[y_i]                                   (prototype score)
-    rho     = s^dom / s^weak                                     (dom / weak: highest / lowest score)
+    rho^m   = s^dom / s^m,  rho = s^dom / s^weak                 (dom / weak: highest / lowest score)
     PCE^m   = 1/B sum_i -log P^m_i[y_i]                          (prototypical cross-entropy)
     PER^m   = 1/B sum_i H(P^m_i)                                 (prototypical entropy)
-    L       = CE(fused) + beta PCE^weak - gamma PER^entropy_on
-    beta    = alpha when rho > 1         (``coefficient="constant"``, the public code's bounded rule, the default;
-                                          ``"proportional"``: alpha (rho - 1), unbounded as rho is)
+    L       = CE(fused) + sum_m beta^m PCE^m - gamma PER^entropy_on
+    beta^m  = alpha when rho^m > 1       (``coefficient="constant"``, the public code's bounded rule, the default;
+                                          ``"proportional"``: alpha (rho^m - 1), unbounded as rho is)
     gamma   = entropy_weight (rho - 1)   (same rule), only during the first ``entropy_epochs`` epochs.
-For K > 2 the rule acts on the weakest and the strongest modality.
+For K = 2 the prototype loss goes on the weaker modality alone. For K > 2 (DGL Table 2, right: the core balancing
+rule kept) every modality weaker than the strongest gets it, by its own ratio rho^m, and the entropy term acts on
+the strongest (``entropy_on="weak"``: on every modality with a prototype loss), with the largest ratio rho.
 """
 from __future__ import annotations
 
@@ -54,12 +56,12 @@ def prototype_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> t
 
 def pmr_coefficients(scores: torch.Tensor, alpha: float,
                      mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rho = s^dom / s^weak, per-modality strength on the weakest modality, indicator of the strongest), (K,)."""
-    rho = scores.max() / scores.min().clamp_min(1e-12)
-    weak = (scores == scores.min()).float()
+    """(rho = s^dom / s^weak, per-modality strength from rho^m = s^dom / s^m: alpha (rho^m - 1)^+ (proportional)
+    or alpha [rho^m > 1] (constant), indicator of the strongest), (K,); the strongest modality's strength is 0."""
+    ratios = scores.max() / scores.clamp_min(1e-12)
     dominant = (scores == scores.max()).float()
-    strength = alpha * (rho - 1).clamp_min(0) if mode == "proportional" else alpha * (rho > 1).float()
-    return rho, weak * strength, dominant
+    strength = alpha * (ratios - 1).clamp_min(0) if mode == "proportional" else alpha * (ratios > 1).float()
+    return ratios.max(), strength, dominant
 
 
 def prototypical_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -142,7 +144,7 @@ class PMR(Balancer):
         if self.cfg.entropy_weight > 0 and self.epoch < self.cfg.entropy_epochs:
             target = dominant if self.cfg.entropy_on == "dominant" else (beta > 0).float()
             _, strength, _ = pmr_coefficients(scores, self.cfg.entropy_weight, self.cfg.coefficient)
-            gamma = target * strength.sum()
+            gamma = target * strength.max()
             per = torch.stack([prototypical_entropy(z) for z in logits.values()])
             loss = loss - (gamma * per).sum()
         self._state = {"ratio": rho, **{f"pce_coeff_{m}": b for m, b in zip(logits, beta)},

@@ -150,3 +150,59 @@ class AveragedHeadsFusion(Fusion):
 
     def modality_parameters(self, modality):
         return list(self.heads[modality].parameters())
+
+
+GATINGS = ("sample", "batch", "mean")
+
+
+def entropy_gates(logits: torch.Tensor, gating: str) -> torch.Tensor:
+    """Weights (K, B) of K modalities' logits (K, B, C) for MLA's test-time fusion, w_m = exp(H_max - H_m) /
+    sum_k exp(H_max - H_k) = softmax_m(-H_m): ``sample``, H_m,i the entropy of softmax(logits_m,i) (MLA paper);
+    ``batch``, H_m the entropy of a softmax over the batch axis summed over the batch (the public code's
+    ``calculate_entropy``, one weight per modality and batch); ``mean``, equal weights."""
+    z = logits.float()
+    if gating == "mean":
+        return torch.full(z.shape[:2], 1.0 / z.shape[0], device=z.device)
+    if gating == "sample":
+        logp = torch.log_softmax(z, dim=2)
+        entropy = -(logp.exp() * logp).sum(dim=2)  # (K, B)
+    elif gating == "batch":
+        logp = torch.log_softmax(z, dim=1)
+        entropy = -(logp.exp() * logp).sum(dim=(1, 2))[:, None].expand(z.shape[:2])  # (K, B), constant in B
+    else:
+        raise ValueError(f"gating must be one of {', '.join(GATINGS)}, got {gating!r}")
+    return torch.softmax(-entropy, dim=0)
+
+
+@register("fusions", "shared_head")
+class SharedHeadFusion(Fusion):
+    """One linear head shared by every modality (MLA, Zhang et al. CVPR 2024): logits_m = W h^m + b, so every
+    modality's features have the same size. The fused prediction is the mean of the unimodal logits in training
+    mode and, in eval mode, MLA's test-time fusion sum_m w_m logits_m with the weights of ``entropy_gates``
+    (``gating``: sample (paper) | batch (public code; a prediction then depends on its evaluation batch) | mean
+    (the public code without ``--dynamic``)). ``own_head`` is the shared head on one modality's features; the head
+    mixes every modality, so it is a shared parameter."""
+
+    kind = "late"
+    protocols = ("own_head", "zero_feature", "zero_input")
+
+    def __init__(self, dims: dict[str, int], num_classes: int, gating: str = "sample"):
+        super().__init__(dims, num_classes)
+        sizes = sorted(set(dims.values()))
+        if len(sizes) != 1:
+            raise ValueError(f"shared_head fusion needs features of one size for every modality, got {dims}")
+        if gating not in GATINGS:
+            raise ValueError(f"shared_head fusion: gating must be one of {', '.join(GATINGS)}, got {gating!r}")
+        self.gating = gating
+        self.head = nn.Linear(sizes[0], num_classes)
+
+    def forward(self, features):
+        logits = torch.stack([self.head(features[m]) for m in self.modalities])  # (K, B, C)
+        if self.training:
+            return logits.mean(dim=0)
+        return (entropy_gates(logits, self.gating).unsqueeze(-1).to(logits.dtype) * logits).sum(dim=0)
+
+    def unimodal(self, features, modality, protocol):
+        if protocol == "own_head":
+            return self.head(features[modality])
+        return super().unimodal(features, modality, protocol)
