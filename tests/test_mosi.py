@@ -80,6 +80,22 @@ def test_unpickler_allows_no_other_global(tmp_path, module, name):
         safe_load_pickle(path)
 
 
+class RawObjectArray:
+    """Unpickles to an object array whose elements come from raw bytes (arbitrary pointers), through allowed
+    globals only: numpy itself must refuse it."""
+
+    def __reduce__(self):
+        state = (1, (1,), np.dtype(object), False, b"\x41" * 8)
+        return np.ndarray.__reduce__(np.zeros(1))[0], (np.ndarray, (0,), b"b"), state
+
+
+def test_unpickler_builds_no_object_array_from_raw_bytes(tmp_path):
+    path = tmp_path / "pointers.pkl"
+    path.write_bytes(pickle.dumps({"train": RawObjectArray()}, protocol=2))
+    with pytest.raises(LayoutError, match=r"pointers\.pkl: not a readable feature pickle \(TypeError: object pickle"):
+        safe_load_pickle(path)
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_unpickler_reads_numpy_arrays_and_containers(tmp_path, protocol):
     data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.array(["x", "y"], dtype=object),
@@ -283,3 +299,4 @@ def test_tiny_training_run_with_three_modalities(tmp_path, monkeypatch):
     for split in ("val", "test"):
         assert 0 <= record.final[split]["acc"] <= 1
         assert set(record.final[split]["unimodal"]["zero_feature"]) == {"audio", "vision", "text"}
+
