@@ -31,7 +31,9 @@ def cmd_prepare(args) -> int:
     size = args.image_size or cfg.image_size
     options = {"text_length": cfg.text_length}
     if getattr(dataset, "embedded", False):  # generated first, with the profile's generator parameters
-        path = dataset.ensure_prepared(root, recipe, size, args.skip_bad, generator=cfg.generator, **options)
+        # (those of the configured dataset; another embedded dataset named by --dataset gets its defaults)
+        generator = cfg.generator if dataset.name == cfg.dataset else {}
+        path = dataset.ensure_prepared(root, recipe, size, args.skip_bad, generator=generator, **options)
     else:
         path = dataset.prepare(root, recipe, size, args.skip_bad, **options)
     print(path)

@@ -300,3 +300,18 @@ def test_tiny_training_run_with_three_modalities(tmp_path, monkeypatch):
         assert 0 <= record.final[split]["acc"] <= 1
         assert set(record.final[split]["unimodal"]["zero_feature"]) == {"audio", "vision", "text"}
 
+
+def test_cli_prepare_of_another_embedded_dataset_uses_its_own_defaults(tmp_path, monkeypatch, capsys):
+    """``prepare --dataset synth_mosi`` does not hand it the configured dataset's (synth_av's) generator fields."""
+    from mmlib.__main__ import main
+    from mmlib.data.synth_mosi import SynthMOSI
+
+    seen = {}
+
+    def record(self, root, recipe, image_size, skip_bad=False, generator=None, **_):
+        seen["generator"] = generator
+        return Path(root) / "cache.pt"
+
+    monkeypatch.setattr(SynthMOSI, "ensure_prepared", record)
+    assert main(["prepare", "--dataset", "synth_mosi", "--root", str(tmp_path)]) == 0
+    assert seen["generator"] == {} and capsys.readouterr().out.strip() == str(tmp_path / "cache.pt")
