@@ -184,7 +184,7 @@ def build_cache(root: str | Path, image_size: int, skip_bad: bool = False, datas
                     continue
                 if raw.min() < 0 or raw.max() >= len(lut):
                     problems.append(f"{mat}: {label_key} of image {i + 1} holds id {raw.max()}, outside the "
-                                    f"mapping's 0..{len(lut) - 1} ({MAPPING_FILE if label_key == 'labels' else '0..40'})")
+                                    f"mapping's 0..{len(lut) - 1} ({source})")
                     continue
                 rgb, depth, label40 = resize(rgb, depth, lut[raw], size)
                 kept.append(i)

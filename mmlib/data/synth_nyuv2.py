@@ -151,9 +151,9 @@ def render(cfg: SynthNYUv2Config, rng: np.random.Generator) -> tuple[np.ndarray,
     vv, uu = np.mgrid[0:h, 0:w] + 0.5
     ray_x, ray_y = (uu - cx) / f, (v0 - vv) / f  # per unit depth; y up
     inf = np.full((h, w), np.inf)
+    side = np.where(ray_x != 0, half / np.maximum(np.abs(ray_x), 1e-9), inf)  # the left or right wall
     planes = {  # depth along the optical axis where each ray meets each plane
-        WALL: np.minimum(np.full((h, w), back),
-                         np.where(ray_x < 0, half / np.maximum(-ray_x, 1e-9), np.where(ray_x > 0, half / np.maximum(ray_x, 1e-9), inf))),
+        WALL: np.minimum(np.full((h, w), back), side),
         FLOOR: np.where(ray_y < 0, cam / np.maximum(-ray_y, 1e-9), inf),
         CEILING: np.where(ray_y > 0, (room_h - cam) / np.maximum(ray_y, 1e-9), inf),
     }
