@@ -99,6 +99,35 @@ def test_dgl_decoupling_on_the_segmentation_model():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoders["depth"].parameters())
 
 
+def test_dgl_step_through_autograd_grad_on_parameter_sets():
+    """What a DGL balancer does with this model: the encoders (``model.encoders``) and the fusion with its decoder
+    (``model.fusion``) partition the parameters; each unimodal loss (the other branch's features zeroed through the
+    shared fusion and decoder), differentiated w.r.t. the encoders, reaches its own encoder only; the multimodal
+    loss on detached features, differentiated w.r.t. the fusion, reaches every fusion and decoder parameter and no
+    encoder."""
+    net, x = model(), inputs()
+    net.train()
+    labels = torch.randint(0, CLASSES, (B, H, W))
+    labels[:, :, :5] = IGNORE_INDEX
+    encoders = {m: list(net.encoders[m].parameters()) for m in net.modalities}
+    fusion = list(net.fusion.parameters())
+    every = [id(p) for ps in (*encoders.values(), fusion) for p in ps]
+    assert len(every) == len(set(every)) and set(every) == {id(p) for p in net.parameters()}
+    out = net(x)
+    flat = [p for ps in encoders.values() for p in ps]
+    for m in net.modalities:
+        loss = F.cross_entropy(net.fusion.unimodal(out.features, m, "zero_feature"), labels)
+        grads = dict(zip(map(id, flat), torch.autograd.grad(loss, flat, allow_unused=True, retain_graph=True)))
+        own = [grads[id(p)] for p in encoders[m]]
+        assert all(g is not None for g in own) and sum(float(g.abs().sum()) for g in own) > 0, m
+        assert all(grads[id(p)] is None for other in net.modalities if other != m for p in encoders[other]), m
+    detached = {m: f.detach() for m, f in out.features.items()}
+    loss = F.cross_entropy(net.fusion(detached), labels)
+    grads = torch.autograd.grad(loss, fusion, retain_graph=True)  # allow_unused=False: every one is reached
+    assert all(torch.isfinite(g).all() for g in grads) and all(float(g.abs().sum()) > 0 for g in grads[-2:])
+    assert all(g is None for g in torch.autograd.grad(loss, flat, allow_unused=True))
+
+
 def test_parameter_groups():
     net = model()
     groups = net.parameter_groups()
