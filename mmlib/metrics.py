@@ -1,4 +1,5 @@
-"""Classification metrics on logits: accuracy, mAP (mean per-class AP on softmax scores), macro-F1."""
+"""Classification metrics on logits: accuracy, mAP (mean per-class AP on softmax scores), macro-F1; segmentation
+metrics (mIoU, pixel accuracy) from an accumulated confusion matrix."""
 from __future__ import annotations
 
 import torch
@@ -48,3 +49,38 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     logits, labels = logits.float().cpu(), labels.cpu()
     return {"acc": accuracy(logits, labels), "map": mean_average_precision(logits, labels),
             "f1": macro_f1(logits, labels)}
+
+
+# ----------------------------------------------------------------------------------------------- segmentation
+IGNORE_INDEX = -100  # label of void pixels: F.cross_entropy's default ignore_index, so every loss skips them
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(C, C) int64 counts, rows = true class, columns = predicted class, of per-pixel predictions
+    ``logits.argmax(1)`` (B, C, H, W) against ``labels`` (B, H, W); pixels labelled ``ignore_index`` are left
+    out. Stays on the logits' device, so batches accumulate without a host transfer."""
+    pred = logits.argmax(1).flatten()
+    true = labels.flatten().to(pred.device)
+    keep = true != ignore_index
+    index = true[keep] * num_classes + pred[keep]
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion: torch.Tensor) -> dict:
+    """From a confusion matrix (rows true, columns predicted): ``miou`` the mean over classes of
+    IoU_c = TP_c / (TP_c + FP_c + FN_c), over the classes that occur in the labels or the predictions (a class
+    absent from both has no IoU and is left out; one predicted but never true has IoU 0); ``pixel_acc`` the
+    fraction of labelled pixels predicted right; ``mean_class_acc`` the mean recall over the classes present in
+    the labels; ``iou`` per class (None where undefined)."""
+    cm = confusion.double().cpu()
+    tp = cm.diag()
+    true, pred = cm.sum(1), cm.sum(0)
+    union = true + pred - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    present = true > 0
+    total = float(cm.sum())
+    return {"miou": float(iou[union > 0].mean()) if bool((union > 0).any()) else float("nan"),
+            "pixel_acc": float(tp.sum()) / total if total else float("nan"),
+            "mean_class_acc": float((tp[present] / true[present]).mean()) if bool(present.any()) else float("nan"),
+            "iou": [None if v != v else round(float(v), 6) for v in iou.tolist()]}

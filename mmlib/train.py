@@ -18,7 +18,7 @@ from .balancers.base import Balancer, TrainInfo, named_param_groups
 from .config import ExperimentConfig
 from .data.cache import TensorCache, save_torch
 from .data.loader import DeviceLoader, place_cache
-from .metrics import classification_metrics
+from .metrics import IGNORE_INDEX, classification_metrics, confusion_matrix, segmentation_metrics
 from .models.multimodal import MultimodalModel
 from .probes import check_probes, evaluate_probes
 from .utilization import StepMonitor, add_l1_penalty, record_measures
@@ -82,6 +82,10 @@ class Trainer:
                                  f"it supports {', '.join(model.fusion.protocols)}")
         check_probes(t.probes, model.fusion)
         self.modalities = model.modalities
+        # segmentation (meta task): per-pixel losses skip void pixels (labelled IGNORE_INDEX, F.cross_entropy's
+        # default ignore_index); evaluation gives mIoU from a confusion matrix, and selection is on mIoU
+        self.task = cache.meta.get("task", "classification")
+        self.score_key = "miou" if self.task == "segmentation" else "acc"
         tensors = place_cache(cache, self.device)
         common = dict(tensors=tensors, modalities=self.modalities, frames=cfg.data.frames, device=self.device,
                       seed=t.seed, channels_last=self.channels_last, normalize=cache.meta.get("normalize"))
@@ -122,6 +126,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
         """Metrics of the fused prediction and, for each protocol, of each modality's unimodal logits."""
+        if self.task == "segmentation":
+            return self.evaluate_segmentation(split)
         self.model.eval()
         logits, labels = [], []
         uni: dict[tuple[str, str], list[torch.Tensor]] = {}
@@ -149,6 +155,30 @@ class Trainer:
             result["significance"] = {"protocol": first, **dict(zip(self.modalities, u.tolist()))}
         if len(self.modalities) == 1:  # a unimodal model's own accuracy is its modality's
             result["unimodal"]["model"] = {self.modalities[0]: {k: result[k] for k in ("acc", "map", "f1")}}
+        return result
+
+    @torch.no_grad()
+    def evaluate_segmentation(self, split: str) -> dict:
+        """mIoU, pixel accuracy and per-class IoU of the fused per-pixel prediction and, for each protocol, of each
+        modality's unimodal logits, from confusion matrices accumulated on the device (one transfer each)."""
+        self.model.eval()
+        classes, ignore = self.cache.num_classes, self.cache.meta.get("ignore_index", IGNORE_INDEX)
+        fused = torch.zeros(classes, classes, dtype=torch.long, device=self.device)
+        uni: dict[tuple[str, str], torch.Tensor] = {}
+        for batch in self.loaders[split]:
+            with self.autocast():
+                out = self.model(batch.inputs)
+                fused += confusion_matrix(out.logits, batch.label, classes, ignore)
+                if len(self.modalities) > 1:
+                    for protocol in self.cfg.train.protocols:
+                        for m, z in self.model.unimodal_logits(batch.inputs, out, protocol).items():
+                            cm = confusion_matrix(z, batch.label, classes, ignore)
+                            uni[(protocol, m)] = uni[(protocol, m)] + cm if (protocol, m) in uni else cm
+        result = {"task": "segmentation", **segmentation_metrics(fused), "unimodal": {}}
+        for (protocol, m), cm in uni.items():
+            result["unimodal"].setdefault(protocol, {})[m] = segmentation_metrics(cm)
+        if len(self.modalities) == 1:
+            result["unimodal"]["model"] = {self.modalities[0]: {k: result[k] for k in ("miou", "pixel_acc")}}
         return result
 
     # ------------------------------------------------------------------------------------------------- training
@@ -197,7 +227,7 @@ class Trainer:
             if self.cfg.train.track_test or select == "test":
                 entry["test"] = self.evaluate("test")
             self.history.append(entry)
-            score = entry[select]["acc"]
+            score = entry[select][self.score_key]
             if score > self.best["score"]:
                 state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 self.best = {"epoch": epoch, "score": score, "state": state}

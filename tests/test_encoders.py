@@ -29,7 +29,19 @@ TINY = {
     "convnet4": ({"in_channels": 1, "width": 2}, lambda: torch.randn(BATCH, 1, 28, 28)),
     "text_bert": ({"pretrained": False, "width": 16, "layers": 2, "heads": 2, "vocab_size": 50,
                    "max_length": 16}, token_ids),
+    "seq_lstm": ({"in_channels": 5, "width": 8, "layers": 2}, lambda: padded_sequence(5)),
+    "seq_transformer": ({"in_channels": 5, "width": 8, "depth": 2, "heads": 2, "max_length": 16},
+                        lambda: padded_sequence(5)),
+    # segmentation encoders: the four stage maps packed at 1/32 (B, out_dim, H/32, W/32)
+    "resnet18_pyramid": ({"in_channels": 1, "width": 4}, lambda: torch.randn(BATCH, 1, 1, 32, 64)),
+    "resnet34_pyramid": ({"in_channels": 3, "width": 2}, lambda: torch.randn(BATCH, 3, 32, 32)),
 }
+
+
+def padded_sequence(dim: int, steps: int = 6) -> torch.Tensor:
+    x = torch.randn(BATCH, steps, dim)
+    x[0, 3:] = 0  # zero-padded steps
+    return x
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +61,8 @@ def test_encoder_trains_one_sgd_step(name):
     head = nn.Linear(encoder.out_dim, CLASSES)
     x, y = make_input(), torch.arange(BATCH) % CLASSES
     features = encoder(x)
-    assert features.shape == (BATCH, encoder.out_dim)
-    loss = F.cross_entropy(head(features), y)
+    assert features.shape[:2] == (BATCH, encoder.out_dim) and features.dim() in (2, 4)
+    loss = F.cross_entropy(head(features.flatten(2).mean(2) if features.dim() == 4 else features), y)
     assert torch.isfinite(loss)
     before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
     optimizer = torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.1)
@@ -156,3 +168,33 @@ def test_i3d_rejects_wrong_channels():
     encoder = get("encoders", "i3d")(**TINY["i3d"][0])
     with pytest.raises(ValueError, match="expects"):
         encoder(torch.randn(1, 2, 1, 16, 16))
+
+
+@pytest.mark.parametrize("name", ["seq_lstm", "seq_transformer"])
+def test_sequence_encoders_ignore_padding(name):
+    """Zero steps are padding: appending more of them, or changing nothing but their count, leaves the features
+    unchanged; an all-padding sequence gives zeros; the input width is checked."""
+    torch.manual_seed(0)
+    params = {"seq_lstm": {"in_channels": 5, "width": 8}, "seq_transformer": {"in_channels": 5, "width": 8,
+                                                                              "heads": 2, "max_length": 16}}[name]
+    encoder = get("encoders", name)(**params).eval()
+    x = padded_sequence(5)
+    longer = torch.cat([x, torch.zeros(BATCH, 4, 5)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(longer), encoder(x))
+        assert torch.equal(encoder(torch.zeros(2, 6, 5)), torch.zeros(2, 8))
+        single = encoder(x[:1, :3])
+        torch.testing.assert_close(single, encoder(x)[:1])  # clip 0's three valid steps alone
+    with pytest.raises(ValueError, match="in_channels=5"):
+        encoder(torch.randn(2, 6, 7))
+    with pytest.raises(ValueError, match="token ids go to the text_bert encoder"):
+        encoder(torch.ones(2, 6, dtype=torch.long))
+
+
+def test_lstm_last_step_pooling_reads_the_last_valid_step():
+    torch.manual_seed(0)
+    encoder = get("encoders", "seq_lstm")(in_channels=5, width=8, pooling="last").eval()
+    x = padded_sequence(5)
+    with torch.no_grad():
+        out, _ = encoder.lstm(encoder.project(x[:1, :3]))
+        torch.testing.assert_close(encoder(x)[:1], out[:, -1])

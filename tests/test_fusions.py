@@ -46,7 +46,10 @@ SETUPS = {
     "mbt": (lambda i: vit(), lambda i: (BATCH, 2, 1, 8, 8) if i == 1 else (BATCH, 1, 8, 8),
             {"fusion_layer": 1, "bottlenecks": 2}),
     "shared_head": (lambda i: FlatEncoder(6), lambda i: (BATCH, 4), {}),  # one head: features of one size
+    "esanet": (lambda i: get("encoders", "resnet18_pyramid")(in_channels=1 if i else 3, width=2),
+               lambda i: (BATCH, 1, 1 if i else 3, 32, 64), {}),
 }
+DENSE = {"esanet": (32, 64)}  # segmentation fusions: per-pixel logits (B, classes, H, W), labels (B, H, W)
 DEFAULT_SETUP = (lambda i: FlatEncoder(6 + 2 * i), lambda i: (BATCH, 4), {})
 SMALL_PARAMS = {"weight": {"attention_dim": 8}, "gated": {"hidden": 8}, "ml_lstm": {"hidden": 8},
                 "mlp_mixer": {"dim": 8, "token_hidden": 4, "channel_hidden": 16}}
@@ -82,10 +85,12 @@ def test_forward_backward_and_protocols(name, k):
     assert fusion.kind in ("late", "early", "hybrid")
     assert set(fusion.protocols) <= set(PROTOCOLS)
     out = model(inputs)
-    assert out.logits.shape == (BATCH, CLASSES)
+    pixels = DENSE.get(name, ())
+    assert out.logits.shape == (BATCH, CLASSES, *pixels)
     assert torch.isfinite(out.logits).all()
     assert set(out.features) == set(inputs)
-    loss = F.cross_entropy(out.logits, torch.arange(BATCH) % CLASSES)
+    labels = (torch.arange(BATCH) % CLASSES).view(BATCH, *([1] * len(pixels))).expand(BATCH, *pixels)
+    loss = F.cross_entropy(out.logits, labels)
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, f"parameters without a gradient: {no_grad}"
@@ -96,7 +101,7 @@ def test_forward_backward_and_protocols(name, k):
             unimodal = model.unimodal_logits(inputs, out, protocol)
             assert set(unimodal) == set(inputs)
             for m, z in unimodal.items():
-                assert z.shape == (BATCH, CLASSES), (protocol, m)
+                assert z.shape == (BATCH, CLASSES, *pixels), (protocol, m)
                 assert torch.isfinite(z).all(), (protocol, m)
     for protocol in set(PROTOCOLS) - set(fusion.protocols) - {"zero_input"}:
         with pytest.raises(ValueError, match="does not support"):

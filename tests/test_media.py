@@ -9,7 +9,7 @@ import scipy.signal
 import soundfile
 import torch
 
-from mmlib.data.audio import MediaError, load_audio, spectrogram
+from mmlib.data.audio import MediaError, load_audio, spectrogram, tile_to
 from mmlib.data.loader import random_resized_crop, segment_frames
 from mmlib.registry import get, names
 
@@ -161,3 +161,31 @@ def test_mirroring_a_flow_field_reflects_its_horizontal_component():
     plain = random_resized_crop(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
     assert torch.allclose(plain[:, :, 0], torch.full_like(plain[:, :, 0], 0.8), atol=1e-5)  # images keep values
     assert torch.equal(plain[:, :, 1], out[:, :, 1])  # same draws: only the vector channel differs
+
+
+# ------------------------------------------------------------------------------- VGGSound and DGL §4.2 recipes
+def test_vggsound_recipes_take_the_centre_5_seconds_of_the_tiled_clip():
+    """stft_129x626: 16 kHz, tiled to 10 s, samples 2.5 s .. 7.5 s, stft 256 / 128 -> 129 x 626 (the public
+    loader's random 5 s crop, fixed at its centre)."""
+    recipe = get("audio_recipes", "stft_129x626")
+    assert recipe.shape == (129, 626) and get("audio_recipes", "stft_129x79").shape == (129, 79)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 3).astype(np.float32)
+    spec = recipe(x, 16000)
+    tiled = tile_to(x, 16000 * 10)[40000:120000]
+    expected = np.log(np.abs(librosa.stft(tiled, n_fft=256, hop_length=128)) + 1e-7)
+    assert spec.shape == (129, 626) and np.allclose(spec, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, seconds, shape", [("stft_257x299", 3, (257, 299)),
+                                                  ("stft_257x1004", 10, (257, 1004))])
+def test_dgl_recipes_word_for_word(name, seconds, shape):
+    """DGL §4.2: librosa, a window of 512 with an overlap of 353 (hop 159), not centred: 257 x 299 on 3 s and
+    257 x 1004 on 10 s at 16 kHz. The scipy recipes of the same shapes keep that framing (nperseg 512, noverlap
+    353), with scipy's window and power spectrum."""
+    recipe = get("audio_recipes", name)
+    x = np.random.default_rng(1).uniform(-0.5, 0.5, 16000 * 2).astype(np.float32)
+    tiled = tile_to(x, 16000 * seconds)
+    expected = np.log(np.abs(librosa.stft(tiled, n_fft=512, hop_length=512 - 353, center=False)) + 1e-7)
+    assert recipe.shape == shape and np.allclose(recipe(x, 16000), expected, atol=1e-5)
+    scipy_twin = get("audio_recipes", name.replace("stft", "spec"))
+    assert (scipy_twin.nperseg, scipy_twin.noverlap, scipy_twin.shape) == (512, 353, shape)

@@ -7,12 +7,24 @@ libsndfile formats, mono by channel mean, soxr resampling), as the public loader
 
 - ``stft_257x188``  22.05 kHz, tiled x3 and cut to 3 s, clipped to [-1, 1], ``librosa.stft`` n_fft 512 hop 353
   (centred, librosa's defaults), log(|S| + 1e-7)  (OGM-GE / AMSS / DGL CREMA-D loaders);
-- ``spec_257x299``  16 kHz, tiled and cut to 3 s, scipy.signal.spectrogram(nperseg 512, noverlap 353), log(S + 1e-7);
+- ``spec_257x299``  16 kHz, tiled and cut to 3 s, scipy.signal.spectrogram(nperseg 512, noverlap 353),
+  log(S + 1e-7) (scipy's defaults: a Tukey window, the power spectral density; DGL §4.2's shape and
+  framing, not its librosa);
 - ``spec_257x1004`` 22.05 kHz, tiled x10, first 160,000 samples, scipy spectrogram 512/353, log, per-clip z-score
   (PMR's recipe);
+- ``stft_257x299``  DGL §4.2 word for word for CREMA-D: librosa, a window of 512 with an overlap of 353,
+  i.e. ``librosa.stft`` n_fft 512 hop 159, not centred (the only framing that gives 299 columns), of the clip
+  at 16 kHz tiled and cut to 3 s, clipped to [-1, 1], log(|S| + 1e-7) (the DGL code uses stft_257x188);
+- ``stft_257x1004`` the same for Kinetics-Sounds / VGGSound: 16 kHz, 10 s (a whole clip), n_fft 512 hop 159,
+  not centred (the DGL code uses stft_129x626);
 - ``stft_129x94``   11.025 kHz, 3 s, ``librosa.stft`` n_fft 256 hop 353: the small recipe of the CPU profiles;
 - ``stft_129x47``   as stft_129x94 with hop 706: half the time steps;
-- ``stft_129x24``   as stft_129x94 with hop 1412: a quarter of the time steps, for the many-run CPU tables.
+- ``stft_129x24``   as stft_129x94 with hop 1412: a quarter of the time steps, for the many-run CPU tables;
+- ``stft_129x626``  16 kHz, tiled to 10 s, the centre 5 s (2.5 s to 7.5 s), clipped to [-1, 1],
+  ``librosa.stft`` n_fft 256 hop 128, log(|S| + 1e-7): the public VGGSound / DGL-KS loader's recipe, whose
+  random 5 s crop (drawn anew every epoch, at test too) becomes the fixed centre crop, as the cache holds one
+  spectrogram per clip;
+- ``stft_129x79``   as stft_129x626 with hop 1024: the small VGGSound recipe of the CPU profiles.
 """
 from __future__ import annotations
 
@@ -74,16 +86,18 @@ class StftRecipe:
     n_fft: int
     hop: int
     tile: int | None = None
+    skip: float = 0.0  # seconds dropped from the start of the tiled clip before the ``seconds`` kept
+    center: bool = True  # librosa's default: frames centred on hop multiples (the signal padded by n_fft / 2)
 
     @property
     def shape(self) -> tuple[int, int]:
         n = int(self.rate * self.seconds)
-        return self.n_fft // 2 + 1, 1 + n // self.hop
+        return self.n_fft // 2 + 1, 1 + (n if self.center else n - self.n_fft) // self.hop
 
     def __call__(self, x: np.ndarray, rate: int) -> np.ndarray:
-        n = int(self.rate * self.seconds)
-        x = np.clip(tile_to(resample(x, rate, self.rate), n, self.tile), -1.0, 1.0)
-        spec = np.abs(librosa.stft(x, n_fft=self.n_fft, hop_length=self.hop))
+        n, skip = int(self.rate * self.seconds), int(self.rate * self.skip)
+        x = np.clip(tile_to(resample(x, rate, self.rate), skip + n, self.tile)[skip:], -1.0, 1.0)
+        spec = np.abs(librosa.stft(x, n_fft=self.n_fft, hop_length=self.hop, center=self.center))
         return np.log(spec + 1e-7).astype(np.float32)
 
 
@@ -113,9 +127,13 @@ for _name, _recipe in {
     "stft_257x188": StftRecipe(rate=22050, seconds=3.0, n_fft=512, hop=353, tile=3),
     "spec_257x299": ScipySpecRecipe(rate=16000, samples=48000),
     "spec_257x1004": ScipySpecRecipe(rate=22050, samples=160000, tile=10, zscore=True),
+    "stft_257x299": StftRecipe(rate=16000, seconds=3.0, n_fft=512, hop=159, center=False),
+    "stft_257x1004": StftRecipe(rate=16000, seconds=10.0, n_fft=512, hop=159, center=False),
     "stft_129x94": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=353, tile=3),
     "stft_129x47": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=706, tile=3),
     "stft_129x24": StftRecipe(rate=11025, seconds=3.0, n_fft=256, hop=1412, tile=3),
+    "stft_129x626": StftRecipe(rate=16000, seconds=5.0, n_fft=256, hop=128, skip=2.5),
+    "stft_129x79": StftRecipe(rate=16000, seconds=5.0, n_fft=256, hop=1024, skip=2.5),
 }.items():
     register("audio_recipes", _name)(_recipe)
 

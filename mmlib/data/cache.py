@@ -153,22 +153,33 @@ class TensorCache:
 
     def carve_validation(self, fraction: float, seed: int) -> "TensorCache":
         """Move a stratified, seeded ``fraction`` of train to val, in memory: the split is a function of the
-        cache's content, the seed and the fraction (all part of a run's identity); nothing is written."""
+        cache's content, the seed and the fraction (all part of a run's identity); nothing is written.
+
+        A dataset that ships its own validation split (MOSI's ``valid``) keeps it and nothing is carved. Dense
+        labels (segmentation maps) have no per-item class to stratify on: a seeded uniform ``fraction`` of train
+        moves to val."""
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {fraction}")
+        if bool((self.tensors["split"] == SPLIT_CODES["val"]).any()):
+            return TensorCache(tensors=dict(self.tensors),
+                               meta={**self.meta, "val_split": "given by the dataset (data.val_fraction unused)"})
         rng = np.random.default_rng(seed)
-        labels = self.tensors["label"].numpy()
         train = self.indices("train").numpy()
-        chosen = []
-        for c in np.unique(labels[train]):
-            members = train[labels[train] == c]
-            k = int(round(fraction * len(members)))
-            chosen.extend(rng.choice(members, size=k, replace=False).tolist())
+        if self.tensors["label"].dim() > 1:
+            k = int(round(fraction * len(train)))
+            chosen = rng.choice(train, size=k, replace=False).tolist()
+        else:
+            labels = self.tensors["label"].numpy()
+            chosen = []
+            for c in np.unique(labels[train]):
+                members = train[labels[train] == c]
+                k = int(round(fraction * len(members)))
+                chosen.extend(rng.choice(members, size=k, replace=False).tolist())
         split = self.tensors["split"].clone()
         split[torch.as_tensor(sorted(chosen), dtype=torch.long)] = SPLIT_CODES["val"]
         return TensorCache(tensors={**self.tensors, "split": split},
                            meta={**self.meta, "val_split": f"seed {seed}, fraction {fraction:g} of train"})
 
     def validation_clips(self) -> list[str]:
-        """Names of the clips in the val split (after ``carve_validation``)."""
+        """Names of the clips in the val split (given by the dataset, or after ``carve_validation``)."""
         return [self.meta["clips"][i] for i in self.indices("val").tolist()]
