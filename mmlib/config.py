@@ -100,6 +100,7 @@ VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.frames": _at_least(1),
     "data.image_size": _at_least(1),
     "data.val_fraction": ((lambda v: 0.0 <= v < 1.0), "a number in [0, 1)"),
+    "data.text_length": _at_least(1),
     "optim.lr": _finite(0.0, strict=True),
     "optim.momentum": _finite(0.0, strict=False),
     "optim.weight_decay": _finite(0.0, strict=False),

@@ -87,8 +87,10 @@ class Trainer:
                                  augment=False, **common),
         }
         for split, loader in self.loaders.items():
-            if len(loader.indices) == 0:
-                raise ValueError(f"the {split} split is empty (dataset {cache.meta.get('dataset')})")
+            if len(loader.indices) == 0:  # a val split carved too small, or split files listing no such clips
+                where, fix = (("data.val_fraction", "raise it") if split == "val" else
+                              (cfg.data.root, "check its split files"))
+                raise ValueError(f"{where}: the {split} split of {cache.meta.get('dataset')} is empty; {fix}")
         if t.select_on not in ("val", "test"):
             raise ValueError(f"train.select_on must be val or test, got {t.select_on!r}")
         self.optimizer = build_optimizer(self.model, cfg.optim)

@@ -86,6 +86,7 @@ def test_value_checks_name_the_key():
                                 ("optim.step_size", 0, "must be an integer >= 1"),
                                 ("train.epochs", 0, "must be an integer >= 1"),
                                 ("data.image_size", 0, "must be an integer >= 1"),
+                                ("data.text_length", 0, "must be an integer >= 1"),
                                 ("balancer.params", {"alpha": float("nan")}, "must be a number, got nan")]:
         with pytest.raises(ValueError, match=rf"^{key.replace('.', '[.]')}(\.alpha)?: {message}"):
             ExperimentConfig().replace(**{key: value})

@@ -68,6 +68,7 @@ def results(tmp_path, monkeypatch) -> Path:
     ("data.image_size=0", r"data\.image_size: must be an integer >= 1"),
     ("data.frames=0", r"data\.frames: must be an integer >= 1"),
     ("data.val_fraction=1.5", r"data\.val_fraction: must be a number in \[0, 1\)"),
+    ("data.val_fraction=0", r"data\.val_fraction: the val split of crema_d is empty; raise it"),
     ("model.encoders.audio.width=abc", r"model\.encoders\.audio\.width: expected an integer, got 'abc'"),
     ("model.encoders.audio.widht=8", r"model\.encoders\.audio\.widht: unknown argument of resnet18"),
     ("model.fusion.name=concatt", r"unknown fusion 'concatt'"),
