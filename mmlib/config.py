@@ -101,6 +101,8 @@ VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": _at_least(1),
     "data.val_fraction": ((lambda v: 0.0 <= v < 1.0), "a number in [0, 1)"),
     "data.text_length": _at_least(1),
+    "data.split_seed": _at_least(0),  # numpy's generators take no negative seed
+    "optim.name": ((lambda v: v in ("sgd", "adam", "adagrad")), "sgd, adam or adagrad"),
     "optim.lr": _finite(0.0, strict=True),
     "optim.momentum": _finite(0.0, strict=False),
     "optim.weight_decay": _finite(0.0, strict=False),

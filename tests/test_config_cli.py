@@ -87,6 +87,8 @@ def test_value_checks_name_the_key():
                                 ("train.epochs", 0, "must be an integer >= 1"),
                                 ("data.image_size", 0, "must be an integer >= 1"),
                                 ("data.text_length", 0, "must be an integer >= 1"),
+                                ("data.split_seed", -1, "must be an integer >= 0"),
+                                ("optim.name", "rmsprop", "must be sgd, adam or adagrad"),
                                 ("balancer.params", {"alpha": float("nan")}, "must be a number, got nan")]:
         with pytest.raises(ValueError, match=rf"^{key.replace('.', '[.]')}(\.alpha)?: {message}"):
             ExperimentConfig().replace(**{key: value})
