@@ -1,7 +1,13 @@
-"""Command line: python -m mmlib {list,prepare,train,show,notebook,bench}."""
+"""Command line: python -m mmlib {list,prepare,train,show,notebook,bench}.
+
+Bad input ends in one line on stderr, ``error: <file, key or value>: <what is wrong>; <what to do>``, and exit
+status 2; ``--debug`` (before the command) shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import sys
 from pathlib import Path
@@ -16,37 +22,42 @@ def cmd_list(args) -> int:
 
 
 def cmd_prepare(args) -> int:
+    from . import locks
     from .config import experiment_config, load_params
     params = load_params(args.profile)
     if args.setup:  # everything from a params.yaml setup (mmlib.tables)
         from .tables import Cell, cell_config
-        cfg = cell_config(params, Cell(setup=args.setup), seed=0).data
+        cfg = cell_config(params, Cell(setup=args.setup), seed=0)
     else:
         if not (args.dataset and args.root):
             raise ValueError("prepare needs --dataset and --root, or --setup")
-        cfg = experiment_config(params).data
-    dataset = registry.get("datasets", args.dataset or cfg.dataset)()
-    root = args.root or cfg.root
-    recipe = args.recipe or cfg.audio_recipe
-    size = args.image_size or cfg.image_size
+        cfg = experiment_config(params)
+    configured = cfg.data.dataset  # the profile's generator parameters belong to this dataset
+    given = {"data.dataset": args.dataset, "data.root": args.root, "data.audio_recipe": args.recipe,
+             "data.image_size": args.image_size}
+    cfg = cfg.replace(**{k: v for k, v in given.items() if v is not None}).data  # the values checked as a config's
+    dataset = registry.get("datasets", cfg.dataset)()
     options = {"text_length": cfg.text_length}
-    # the profile's generator parameters belong to its own dataset; another dataset takes its defaults
-    generator = cfg.generator if dataset.name == cfg.dataset else {}
-    if getattr(dataset, "embedded", False):  # generated first, with the generator parameters
-        path = dataset.ensure_prepared(root, recipe, size, args.skip_bad, generator=generator, **options)
-    else:
-        path = dataset.prepare(root, recipe, size, args.skip_bad, generator=generator, **options)
+    embedded = getattr(dataset, "embedded", False)
+    generator = cfg.generator if dataset.name == configured else {}  # another dataset takes its defaults
+    # a missing root of real data is the loader's error to name, not a directory to create
+    with locks.data_root(cfg.root) if embedded or Path(cfg.root).is_dir() else contextlib.nullcontext():
+        if embedded:  # generated first, with the generator parameters
+            path = dataset.ensure_prepared(cfg.root, cfg.audio_recipe, cfg.image_size, args.skip_bad,
+                                           generator=generator, **options)
+        else:
+            path = dataset.prepare(cfg.root, cfg.audio_recipe, cfg.image_size, args.skip_bad, generator=generator,
+                                   **options)
     print(path)
     return 0
 
 
 def _config(args):
-    from .config import ExperimentConfig, deep_merge, experiment_config, from_dict, load_params, parse_set
-    import yaml
+    from .config import (ExperimentConfig, deep_merge, experiment_config, from_dict, load_params, parse_set,
+                         read_yaml_mapping)
     overrides = parse_set(args.set or [])
     if args.config:
-        with open(args.config) as fh:
-            d = yaml.safe_load(fh) or {}
+        d = read_yaml_mapping(args.config)
         base = experiment_config(load_params(args.profile)).to_dict() if args.profile else {}
         cfg = from_dict(ExperimentConfig, deep_merge(base, d))
         return cfg.replace(**overrides) if overrides else cfg
@@ -96,7 +107,9 @@ def cmd_notebook(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmlib", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mmlib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered components")
@@ -149,9 +162,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = error_message(err)
+        if message is None or args.debug:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+# what to do after an OSError, by errno
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "free space on that disk, or write elsewhere (MMLIB_RESULTS for runs, data.root for data)",
+    errno.EDQUOT: "free space in your quota, or write elsewhere (MMLIB_RESULTS for runs, data.root for data)",
+    errno.EACCES: "make it writable, or write elsewhere (MMLIB_RESULTS for runs, data.root for data)",
+    errno.EPERM: "make it writable, or write elsewhere (MMLIB_RESULTS for runs, data.root for data)",
+    errno.EROFS: "the file system is read-only: write elsewhere (MMLIB_RESULTS for runs, data.root for data)",
+}
+
+
+def error_message(err: Exception) -> str | None:
+    """The one line a user sees for ``err``, or None for an error that is not about the input (a bug: its
+    traceback is shown). Input errors are the project's (LayoutError, MediaError, CacheError, NonFiniteLossError:
+    ValueError / FloatingPointError), the configuration's (KeyError, TypeError, ValueError naming the key), and an
+    OSError about a file (missing, not writable, a full disk), worded with its path."""
+    from .train import NonFiniteLossError
+
+    if isinstance(err, OSError):
+        name = err.filename if err.filename is not None else None
+        if name is None:
+            return " ".join(str(err).split()) if isinstance(err, (FileNotFoundError, FileExistsError)) else None
+        hint = OS_ERROR_HINTS.get(err.errno, "check the path")
+        return f"{name}: {err.strerror or err}; {hint}"
+    if isinstance(err, (KeyError, TypeError, ValueError, NonFiniteLossError)):
+        text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
+        return " ".join(str(text).split())  # one line
+    return None
 
 
 if __name__ == "__main__":

@@ -2,18 +2,23 @@
 
 params.yaml holds ``base:`` (an ExperimentConfig), one section per notebook, a ``datasets:`` block with the
 embedded generators' parameters, and ``profiles: {ci, demo, full}``: each profile is an overlay with the same
-shape as the file, deep-merged over it. Unknown keys and wrong types fail with the dotted key in the message.
+shape as the file, deep-merged over it. Unknown keys and wrong types fail with the dotted key in the message, and
+so do values out of range where they enter (a NaN anywhere, a non-finite or non-positive learning rate, zero
+epochs, batch or image sizes, a StepLR step of 0, ...: ``ExperimentConfig.check_values``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -87,6 +92,51 @@ class BalancerConfig:
     params: dict = field(default_factory=dict)  # validated by the balancer's own dataclass
 
 
+def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"an integer >= {low}"
+
+
+def _finite(low: float, strict: bool) -> tuple[Callable[[Any], bool], str]:
+    return ((lambda v: math.isfinite(v) and (v > low if strict else v >= low)),
+            f"a finite number {'>' if strict else '>='} {low:g}")
+
+
+# value checks of the fields whose range the code relies on: dotted key -> (test, what the value must be)
+VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.frames": _at_least(1),
+    "data.image_size": _at_least(1),
+    "data.val_fraction": ((lambda v: 0.0 <= v < 1.0), "a number in [0, 1)"),
+    "data.text_length": _at_least(1),
+    "data.split_seed": _at_least(0),  # numpy's generators take no negative seed
+    "optim.name": ((lambda v: v in ("sgd", "adam", "adagrad")), "sgd, adam or adagrad"),
+    "optim.lr": _finite(0.0, strict=True),
+    "optim.momentum": _finite(0.0, strict=False),
+    "optim.weight_decay": _finite(0.0, strict=False),
+    "optim.step_size": _at_least(1),
+    "optim.gamma": _finite(0.0, strict=True),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.eval_batch_size": _at_least(1),
+    "train.threads": _at_least(0),
+    "train.device": ((lambda v: v in ("auto", "cpu", "cuda")), "auto, cpu or cuda"),
+    "train.precision": ((lambda v: v in ("auto", "bf16", "fp32")), "auto, bf16 or fp32"),
+    "train.select_on": ((lambda v: v in ("val", "test")), "val or test"),
+    "train.progress": ((lambda v: v in ("auto", "on", "off")), "auto, on or off"),
+}
+
+
+def _reject_nan(value: Any, where: str) -> None:
+    """A NaN is never a setting: raise naming its dotted key, wherever it is (balancer params included)."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{where}: must be a number, got nan")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_nan(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _reject_nan(v, f"{where}[{i}]")
+
+
 @dataclass
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -94,6 +144,18 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
+
+    def __post_init__(self):
+        self.check_values()
+
+    def check_values(self) -> None:
+        """No NaN anywhere, and every ``VALUE_CHECKS`` field in range; else ValueError naming the dotted key."""
+        _reject_nan(self.to_dict(), "")
+        for key, (ok, what) in VALUE_CHECKS.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if not ok(value):
+                raise ValueError(f"{key}: must be {what}, got {value!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +199,32 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def check_arguments(fn: Callable, kwargs: dict, where: str) -> None:
+    """Keyword arguments for a registered constructor (an encoder, a fusion) checked against its signature before
+    the call: an unknown name or a value of the wrong type raises naming ``<where>.<name>``. Lists and tuples stand
+    for each other (YAML has only lists); unions and untyped parameters are not checked."""
+    target = fn.__init__ if isinstance(fn, type) else fn
+    params = inspect.signature(target).parameters
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # an annotation that does not resolve: leave the types to the constructor
+        hints = {}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    known = [n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for name, value in kwargs.items():
+        key = f"{where}.{name}"
+        if name not in known:
+            if open_ended:
+                continue
+            raise KeyError(f"{key}: unknown argument of {getattr(fn, '__name__', fn)}; known: {', '.join(known)}")
+        hint = hints.get(name)
+        origin = typing.get_origin(hint) or hint
+        if origin in (list, tuple) and isinstance(value, (list, tuple)):
+            continue
+        if origin in (bool, int, float, str, list, tuple, dict):
+            _check_type(value, hint, key)
+
+
 def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise with the dotted key."""
     data = {} if data is None else data
@@ -146,8 +234,8 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise KeyError(f"unknown key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
-                       f"known: {', '.join(sorted(known))}")
+        raise KeyError(f"{', '.join((where + '.' if where else '') + k for k in unknown)}: unknown "
+                       f"key{'s' if len(unknown) > 1 else ''}; known: {', '.join(sorted(known))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
@@ -192,7 +280,7 @@ def load_params(profile: str | None = None, path: str | Path | None = None) -> d
     """The whole params.yaml with ``profiles[profile]`` merged over it; ``profile`` defaults to the file's
     top-level ``profile`` (what ``dvc repro`` runs). Keys ``profile`` and ``root`` are set."""
     path = Path(path) if path else find_params_file()
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml_mapping(path, "params.yaml's sections and profiles")
     profile = profile or raw.get("profile") or "demo"
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
@@ -225,12 +313,83 @@ def experiment_config(params: dict, section: str | None = None, **dotted: Any) -
     return cfg
 
 
+BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def field_hint(key: str, cls: type = None) -> Any:
+    """The type of the ExperimentConfig field at dotted ``key``; None for keys inside a free-form dict
+    (``data.generator.*``, ``balancer.params.*``, ``model.encoders.*``) or unknown keys."""
+    cls = cls or ExperimentConfig
+    hint: Any = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hint = typing.get_type_hints(hint).get(part)
+        if hint is None:
+            return None
+    return hint
+
+
+def parse_value(text: str, hint: Any = None, key: str = "") -> Any:
+    """One ``--set`` value as a user means it. A string field takes the text as it is (``train.progress=off`` is
+    "off"); a boolean field true / false / yes / no / on / off; a float field any float literal (``3e-4``, ``nan``:
+    refused by the value checks). Other values are YAML flow scalars or collections read as YAML 1.2 reads them:
+    ``3e-4`` is a number, ``off`` / ``yes`` are strings (YAML 1.1, PyYAML's default, reads them otherwise)."""
+    origin = typing.get_origin(hint) or hint
+    stripped = text.strip()
+    quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+    if origin is str and not quoted:
+        return text
+    if origin is bool and stripped.lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[stripped.lower()]
+    if origin is float:
+        try:
+            return float(stripped)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{key}: {text!r} is not a YAML value ({str(err).splitlines()[0]})") from None
+    if isinstance(value, str) and not quoted and NUMBER.fullmatch(stripped):
+        return float(stripped)
+    if isinstance(value, bool) and not quoted and stripped.lower() not in ("true", "false"):
+        return text
+    return value
+
+
 def parse_set(assignments: list[str]) -> dict[str, Any]:
-    """``["train.epochs=3", "data.root=/x"]`` -> dotted overrides; values parsed as YAML scalars."""
+    """``["train.epochs=3", "data.root=/x"]`` -> dotted overrides, each value parsed against its field's type
+    (``parse_value``)."""
     out = {}
     for item in assignments:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ValueError(f"--set {item}: expected key=value, e.g. train.epochs=3")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        out[key] = parse_value(value, field_hint(key), key)
     return out
+
+
+def read_yaml_mapping(path: str | Path, what: str = "an ExperimentConfig (data, model, optim, train, balancer)"
+                      ) -> dict:
+    """The mapping a YAML file holds ({} when it is empty); errors name the file: missing, a directory, not YAML,
+    or YAML that is not a mapping of ``what``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; pass a YAML file holding {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        reason = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"{where}: not valid YAML ({reason}); it must hold {what}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: holds a YAML {type(data).__name__}, not a mapping; it must hold {what}")
+    return data

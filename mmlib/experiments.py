@@ -6,6 +6,11 @@ that computes results (``mmlib.identity``); its hash names the run's folder. So 
 trainer never serves an old record, and two clones of the project at different paths share their runs.
 ``<results_root>/<hash>/record.json`` is written atomically once a run finishes; an interrupted run resumes from
 ``<results_root>/<hash>/checkpoint.pt``. The results root is ``$MMLIB_RESULTS`` or ``results/`` beside params.yaml.
+
+A record is served only when the identity stored in it hashes to the requested run (a record copied or edited
+into another run's folder is refused, naming the file); a corrupt record or checkpoint is named with the command
+that rebuilds it. Training one run holds ``<hash>/run.lock`` (mmlib.locks): a second process asking for the same
+run waits, then reads its record. Embedded data is generated and prepared under its data root's lock.
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ from typing import Iterable
 
 import torch
 
-from .config import ExperimentConfig, find_params_file, from_dict, stable_hash
-from .data.cache import CacheError, TensorCache, atomic_write_bytes, fingerprint_of
+from . import locks
+from .config import ExperimentConfig, check_arguments, find_params_file, from_dict, stable_hash
+from .data.cache import CacheError, TensorCache, atomic_write_bytes, fingerprint_of, load_checked, prepare_command
 from .data.loader import source_modality
 from .identity import code_version, machine
 from .models.multimodal import build_model
@@ -75,16 +81,25 @@ def results_root() -> Path:
 
 
 def prepared_cache(cfg: ExperimentConfig) -> tuple[object, Path]:
-    """(dataset, path of its tensor cache), generating and preparing embedded data on first use."""
+    """(dataset, path of its tensor cache), generating and preparing embedded data on first use, under the data
+    root's lock (a real dataset's prepared cache is only read)."""
     dataset = get("datasets", cfg.data.dataset)()
-    path = dataset.ensure_prepared(cfg.data.root, cfg.data.audio_recipe, cfg.data.image_size, cfg.data.skip_bad,
-                                   generator=cfg.data.generator, text_length=cfg.data.text_length)
+    embedded = getattr(dataset, "embedded", False)
+    with locks.data_root(cfg.data.root) if embedded else contextlib.nullcontext():
+        path = dataset.ensure_prepared(cfg.data.root, cfg.data.audio_recipe, cfg.data.image_size,
+                                       cfg.data.skip_bad, generator=cfg.data.generator,
+                                       text_length=cfg.data.text_length)
     return dataset, Path(path)
 
 
 def load_cache(cfg: ExperimentConfig) -> tuple[object, TensorCache]:
     dataset, path = prepared_cache(cfg)
-    cache = TensorCache.load(path).carve_validation(cfg.data.val_fraction, cfg.data.split_seed)
+    if getattr(dataset, "embedded", False):
+        rebuild = "remove it and run again (embedded data is prepared again on first use)"
+    else:
+        command = prepare_command(cfg.data.dataset, cfg.data.root, cfg.data.audio_recipe, cfg.data.image_size)
+        rebuild = f"prepare it again: {command}"
+    cache = TensorCache.load(path, rebuild).carve_validation(cfg.data.val_fraction, cfg.data.split_seed)
     return dataset, cache
 
 
@@ -108,6 +123,12 @@ def build(cfg: ExperimentConfig, cache: TensorCache, dataset) -> tuple[torch.nn.
         raise KeyError(f"data.modalities {unknown} are not modalities of {cfg.data.dataset} "
                        f"({list(dataset.modalities)})")
     used = balancer.modalities(list(cfg.data.modalities))
+    for where, spec, kind in [(f"model.encoders.{m}", cfg.model.encoders.get(m), "encoders") for m in used] + [
+            ("model.fusion", cfg.model.fusion, "fusions")]:
+        if isinstance(spec, dict) and "name" in spec:
+            check_arguments(get(kind, spec["name"]), {k: v for k, v in spec.items() if k != "name"}, where)
+        elif spec is not None:
+            raise KeyError(f"{where}: expected a mapping with a name, e.g. {{name: resnet18}}, got {spec!r}")
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, {m: dataset.modalities[source[m]] for m in used}, cache.num_classes)
     check_vocabulary(model, cache)
@@ -145,7 +166,8 @@ def load_pretrained_encoders(model: torch.nn.Module, cfg: ExperimentConfig, root
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: the pre-training run kept no weights; retrain it with "
                                     f"`python -m mmlib train ... --force`")
-        state = torch.load(checkpoint, weights_only=True, map_location="cpu")["best"]["state"]
+        rebuild = "retrain the pre-training run: `python -m mmlib train ... --force` on its configuration"
+        state = load_checked(checkpoint, rebuild, map_location="cpu")["best"]["state"]
         prefix = f"encoders.{m}."
         model.encoders[m].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
@@ -164,25 +186,51 @@ def cpu_threads(threads: int):
         torch.set_num_threads(before)
 
 
+def load_record(path: Path, identity: dict) -> RunRecord:
+    """The record at ``path`` if the identity stored in it is ``identity`` (its hash, recomputed, names the
+    run); else CacheError naming the file: unreadable, or another run's record (copied or edited into the folder)."""
+    run_id = stable_hash(identity)
+    redo = f"remove {path.parent} or retrain with `python -m mmlib train ... --force`"
+    try:
+        record = RunRecord.load(path)
+        stored = {"config": config_from(record.config).identity(),
+                  **{k: record.identity[k] for k in ("data", "code")}}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise CacheError(f"{path}: unreadable run record ({type(err).__name__}: {err}); {redo}") from err
+    if record.hash != run_id:
+        raise CacheError(f"{path}: holds the record of run {record.hash}, not of {run_id}; {redo}")
+    if stable_hash(stored) != run_id:
+        differ = [k for k in ("config", "data", "code") if stored[k] != identity[k]]
+        raise CacheError(f"{path}: the record's own identity ({', '.join(differ)}) is not that of run {run_id}; "
+                         f"{redo}")
+    return record
+
+
 def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = False) -> RunRecord:
-    """Train ``cfg`` (or return the record of the same run: same config, data content and code)."""
+    """Train ``cfg`` (or return the record of the same run: same config, data content and code). A second
+    process training the same run waits for the first and returns its record."""
     identity = run_identity(cfg)
     run_id = stable_hash(identity)
     run_dir = Path(root or results_root()) / run_id
     record_path = run_dir / "record.json"
     if record_path.is_file() and not force:
-        record = RunRecord.load(record_path)
-        if record.hash != run_id:
-            raise ValueError(f"{record_path}: holds the record of run {record.hash}, not of {run_id}; "
-                             f"remove {run_dir} and run again")
-        return record
+        return load_record(record_path, identity)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with locks.exclusive(run_dir / "run.lock", f"run {run_id}"):
+        if record_path.is_file() and not force:  # trained by another process while this one waited
+            return load_record(record_path, identity)
+        return _train(cfg, identity, run_dir, root, force)
+
+
+def _train(cfg: ExperimentConfig, identity: dict, run_dir: Path, root: str | Path | None,
+           force: bool) -> RunRecord:
+    run_id = stable_hash(identity)
     dataset, cache = load_cache(cfg)
     if cache.meta.get("fingerprint") != identity["data"]:
         raise CacheError(f"{cfg.data.root}: the tensor cache changed while this run started; run again")
     model, balancer = build(cfg, cache, dataset)
     if cfg.model.pretrain:
         load_pretrained_encoders(model, cfg, root)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_blob = json.dumps({"identity": identity, "config": cfg.to_dict()}, indent=1, sort_keys=True)
     atomic_write_bytes(run_dir / "config.json", lambda tmp: tmp.write_text(config_blob))
     if force and (run_dir / "checkpoint.pt").exists():
@@ -200,6 +248,7 @@ def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = Fal
         **{k: result[k] for k in ("final", "best_epoch", "select_on", "history", "steps", "device", "precision",
                                   "train_seconds")})
     blob = json.dumps(dataclasses.asdict(record), indent=1)
+    record_path = run_dir / "record.json"
     atomic_write_bytes(record_path, lambda tmp: tmp.write_text(blob))
     record.path = str(record_path)
     return record

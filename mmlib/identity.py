@@ -26,7 +26,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # modules that aggregate, display or schedule results but never change what a run computes
 PRESENTATION_MODULES = frozenset({
     "__main__.py", "artifact.py", "bench.py", "calibration.py", "executors.py", "identity.py", "notebooks.py",
-    "paper.py", "progress.py", "report.py", "tables.py",
+    "locks.py", "paper.py", "progress.py", "report.py", "tables.py",
 })
 # modules of mmlib/data that do not prepare data (the batch loader runs at train time)
 NOT_PREPARATION = frozenset({"loader.py"})

@@ -16,7 +16,7 @@ import torch
 from .balancers.amss import significance
 from .balancers.base import Balancer, TrainInfo, named_param_groups
 from .config import ExperimentConfig
-from .data.cache import TensorCache, save_torch
+from .data.cache import TensorCache, load_checked, save_checked
 from .data.loader import DeviceLoader, place_cache
 from .metrics import IGNORE_INDEX, classification_metrics, confusion_matrix, segmentation_metrics
 from .models.multimodal import MultimodalModel
@@ -28,7 +28,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        raise ValueError("train.device: is 'cuda' but no CUDA device is available; set it to auto or cpu")
     if name not in ("cpu", "cuda"):
         raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
@@ -98,8 +98,10 @@ class Trainer:
                                  augment=False, **common),
         }
         for split, loader in self.loaders.items():
-            if len(loader.indices) == 0:
-                raise ValueError(f"the {split} split is empty (dataset {cache.meta.get('dataset')})")
+            if len(loader.indices) == 0:  # a val split carved too small, or split files listing no such clips
+                where, fix = (("data.val_fraction", "raise it") if split == "val" else
+                              (cfg.data.root, "check its split files"))
+                raise ValueError(f"{where}: the {split} split of {cache.meta.get('dataset')} is empty; {fix}")
         if t.select_on not in ("val", "test"):
             raise ValueError(f"train.select_on must be val or test, got {t.select_on!r}")
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -253,15 +255,16 @@ class Trainer:
                 "best": self.best, "run_id": self.run_id, "train_seconds": train_seconds}
         if self.device.type == "cuda":
             blob["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        save_torch(blob, self.run_dir / "checkpoint.pt")
+        save_checked(blob, self.run_dir / "checkpoint.pt")  # with a checksum of its content, checked on resume
 
     def _resume(self) -> None:
         path = self.run_dir / "checkpoint.pt" if self.run_dir else None
         if path is None or not path.is_file():
             return
-        blob = torch.load(path, weights_only=True, map_location=self.device)
+        restart = "remove it, or restart the run from epoch 1 with `python -m mmlib train ... --force`"
+        blob = load_checked(path, restart, map_location=self.device)
         if blob.get("run_id") != self.run_id:
-            raise ValueError(f"{path} belongs to another run ({blob.get('run_id')}, not {self.run_id}); remove it")
+            raise ValueError(f"{path}: belongs to another run ({blob.get('run_id')}, not {self.run_id}); {restart}")
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])

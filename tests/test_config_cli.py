@@ -62,6 +62,53 @@ def test_parse_set():
         parse_set(["train.epochs"])
 
 
+def test_parse_set_reads_values_as_a_user_means_them():
+    """Against the field's type: a string field keeps the text, a boolean field takes on/off words; elsewhere
+    YAML 1.2's numbers and booleans (PyYAML reads 3e-4 as a string and off as False)."""
+    assert parse_set(["optim.lr=3e-4", "train.progress=off", "train.compile=true", "data.augment=no",
+                      "data.generator.clips=40", "balancer.params.alpha=5e-1", "balancer.params.mode=off",
+                      "data.modalities=[audio]", "data.root='/a b'", "train.progress='on'"]) == {
+        "optim.lr": 3e-4, "train.progress": "on", "train.compile": True, "data.augment": False,
+        "data.generator.clips": 40, "balancer.params.alpha": 0.5, "balancer.params.mode": "off",
+        "data.modalities": ["audio"], "data.root": "/a b"}
+    nan = parse_set(["optim.lr=.nan"])["optim.lr"]
+    assert nan != nan  # parsed as a float, and refused by the value checks:
+    with pytest.raises(ValueError, match=r"optim\.lr: must be a number, got nan"):
+        ExperimentConfig().replace(**{"optim.lr": nan})
+    with pytest.raises(TypeError, match=r"train\.epochs: expected an integer, got 'abc'"):
+        ExperimentConfig().replace(**parse_set(["train.epochs=abc"]))
+
+
+def test_value_checks_name_the_key():
+    assert ExperimentConfig().optim.lr > 0  # the defaults pass
+    for key, value, message in [("optim.lr", 0.0, "must be a finite number > 0"),
+                                ("optim.lr", float("inf"), "must be a finite number > 0"),
+                                ("optim.step_size", 0, "must be an integer >= 1"),
+                                ("train.epochs", 0, "must be an integer >= 1"),
+                                ("data.image_size", 0, "must be an integer >= 1"),
+                                ("data.text_length", 0, "must be an integer >= 1"),
+                                ("data.split_seed", -1, "must be an integer >= 0"),
+                                ("optim.name", "rmsprop", "must be sgd, adam or adagrad"),
+                                ("balancer.params", {"alpha": float("nan")}, "must be a number, got nan")]:
+        with pytest.raises(ValueError, match=rf"^{key.replace('.', '[.]')}(\.alpha)?: {message}"):
+            ExperimentConfig().replace(**{key: value})
+
+
+def test_constructor_arguments_are_checked_against_the_signature():
+    from mmlib.config import check_arguments
+    from mmlib.models.resnet import resnet18
+
+    check_arguments(resnet18, {"width": 4}, "model.encoders.audio")
+    with pytest.raises(TypeError, match=r"model\.encoders\.audio\.width: expected an integer, got 'abc'"):
+        check_arguments(resnet18, {"width": "abc"}, "model.encoders.audio")
+    with pytest.raises(KeyError, match=r"model\.encoders\.audio\.widht: unknown argument of resnet18; known: "
+                                       r"in_channels, width"):
+        check_arguments(resnet18, {"widht": 4}, "model.encoders.audio")
+
+    def blocks(in_channels: int = 3, sizes: tuple[int, ...] = (2, 2)) -> None: ...
+    check_arguments(blocks, {"sizes": [1, 2]}, "model.encoders.video")  # YAML lists stand for tuples
+
+
 def test_registry_rejects_duplicates_and_unknown():
     with pytest.raises(ValueError, match="registered twice"):
         registry.register("balancers", "naive")(object)

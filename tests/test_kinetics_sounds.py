@@ -142,7 +142,8 @@ def test_malformed_row(ks_copy, row, message):
 
 def test_clip_listed_twice(ks_copy):
     _append(ks_copy / "my_test.txt", f"{_first_clip(ks_copy)},10,0\n")
-    with pytest.raises(LayoutError, match="already listed in my_train.txt"):
+    with pytest.raises(LayoutError, match=r"my_train\.txt:\d+: clip .* is listed in more than one split, also at "
+                                          r"my_test\.txt:\d+ \(test, label 0\) \(train/test leakage\)"):
         scan_layout(ks_copy)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmlib.data.audio import MediaError
-from mmlib.data.layout import LayoutError, decode_all
+from mmlib.data.layout import LayoutError, Listing, check_listings, decode_all
 from mmlib.data.video import pad_clips
 
 
@@ -46,3 +46,18 @@ def test_pad_clips_zero_pads_to_the_longest_clip():
     assert video.shape == (2, 3, 3, 2, 2) and video.dtype == torch.uint8
     assert counts.tolist() == [1, 3] and counts.dtype == torch.int16
     assert video[0, 0].eq(7).all() and video[0, 1:].eq(0).all() and video[1].eq(9).all()
+
+
+def test_check_listings_finds_leakage_conflicts_and_repeats():
+    rows = [Listing("a", "HAP", "train", "train.csv:1"), Listing("b", "SAD", "train", "train.csv:2"),
+            Listing("a", "HAP", "test", "test.csv:1"),  # in two splits
+            Listing("c", "NEU", "train", "train.csv:3"), Listing("c", "ANG", "train", "train.csv:4"),  # two labels
+            Listing("d", "FEA", "test", "test.csv:2"), Listing("d", "FEA", "test", "test.csv:3")]  # twice alike
+    keep, problems = check_listings(rows)
+    assert [rows[i].where for i in keep] == ["train.csv:2", "test.csv:2"]  # a and c dropped, d kept once
+    assert problems == [
+        "train.csv:1: clip 'a' (train, label HAP) is listed in more than one split, also at test.csv:1 (test, label "
+        "HAP) (train/test leakage)",
+        "train.csv:3: clip 'c' (label NEU) is listed with another label, also at train.csv:4 (train, label ANG)",
+        "test.csv:3: clip 'd' is listed again (first at test.csv:2)"]
+    assert check_listings(rows[:2]) == ([0, 1], [])

@@ -189,3 +189,30 @@ def test_dgl_recipes_word_for_word(name, seconds, shape):
     assert recipe.shape == shape and np.allclose(recipe(x, 16000), expected, atol=1e-5)
     scipy_twin = get("audio_recipes", name.replace("stft", "spec"))
     assert (scipy_twin.nperseg, scipy_twin.noverlap, scipy_twin.shape) == (512, 353, shape)
+
+
+def test_a_truncated_wav_is_refused_and_8_bit_wavs_have_no_dc_offset(tmp_path):
+    """libsndfile reads a wav cut short as a shorter clip: the header's data size tells it. 8-bit wavs are
+    unsigned; libsndfile centres them."""
+    t = np.arange(16000) / 16000
+    x = 0.5 * np.sin(2 * np.pi * 440 * t)
+    scipy.io.wavfile.write(tmp_path / "a.wav", 16000, (x * 32767).astype(np.int16))
+    data = (tmp_path / "a.wav").read_bytes()
+    (tmp_path / "a.wav").write_bytes(data[: 44 + 16000])  # half the samples, the header unchanged
+    with pytest.raises(MediaError, match=r"a\.wav: truncated wav: its header declares 32000 bytes of samples, "
+                                         r"the file holds 16000"):
+        load_audio(tmp_path / "a.wav")
+    scipy.io.wavfile.write(tmp_path / "u8.wav", 16000, np.round(x * 127 + 128).astype(np.uint8))
+    y, _ = load_audio(tmp_path / "u8.wav")
+    assert abs(float(y.mean())) < 1e-3 and abs(float(y.max()) - 0.5) < 0.01
+
+
+def test_a_non_finite_cache_is_refused_naming_the_clip(tmp_path):
+    from mmlib.data.cache import CacheError, TensorCache
+
+    audio = torch.zeros(3, 1, 4, 4)
+    audio[1, 0, 2, 2] = float("nan")
+    cache = TensorCache({"audio": audio, "label": torch.tensor([0, 1, 0])}, {"clips": ["x", "y", "z"]})
+    with pytest.raises(CacheError, match=r"c\.pt: audio of clip\(s\) y hold NaN or inf"):
+        cache.save(tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()

@@ -28,6 +28,7 @@ libsndfile formats, mono by channel mean, soxr resampling), as the public loader
 """
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,40 @@ class MediaError(ValueError):
     """A media file that cannot be used; the message names the file."""
 
 
+def wav_shortfall(path: Path) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF wav's sample data when the file holds fewer than its header
+    declares (a truncated file, which libsndfile reads silently as a shorter clip); None otherwise. A size of 0
+    or 0xFFFFFFFF is a streamed wav's "unknown" and is not checked."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            chunk, length = struct.unpack("<4sI", fh.read(8))
+            if chunk == b"data":
+                present = size - pos - 8
+                return (length, present) if length not in (0, 0xFFFFFFFF) and length > present else None
+            pos += 8 + length + (length & 1)
+    return None
+
+
 def load_audio(path: str | Path, rate: int | None = None) -> tuple[np.ndarray, int]:
     """Mono float32 samples and their rate: ``librosa.load(path, sr=rate)`` (``None``: the file's own rate).
-    Raises MediaError naming the file when it is missing, unreadable, empty or holds non-finite samples."""
+    Raises MediaError naming the file when it is missing, unreadable, truncated (a wav holding fewer samples than
+    its header declares), empty or holds non-finite samples. 8-bit wavs are unsigned: libsndfile centres them
+    (no DC offset)."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"{path}: audio file not found")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty audio file (0 bytes)")
+    short = wav_shortfall(path)
+    if short:
+        raise MediaError(f"{path}: truncated wav: its header declares {short[0]} bytes of samples, the file holds "
+                         f"{short[1]}")
     try:
         with warnings.catch_warnings():  # librosa warns before its audioread fallback; the error below says it
             warnings.simplefilter("ignore")

@@ -17,7 +17,7 @@ import torch
 from ..registry import register
 from .audio import spectrogram
 from .cache import SPLIT_CODES, TensorCache, require_prepared
-from .layout import LayoutError, decode_all, report_bad
+from .layout import LayoutError, Listing, check_listings, decode_all, report_bad
 from .video import extract_frames, pad_clips
 
 LABELS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -33,7 +33,8 @@ class Clip:
     video: Path
 
 
-def read_split_file(path: Path, labels: tuple[str, ...] = LABELS) -> list[tuple[str, int]]:
+def read_rows(path: Path, labels: tuple[str, ...] = LABELS) -> list[tuple[int, str, int]]:
+    """``(line number, clip, label index)`` of each row of a split file."""
     if not path.is_file():
         raise LayoutError(f"{path}: split file not found")
     rows = []
@@ -47,31 +48,40 @@ def read_split_file(path: Path, labels: tuple[str, ...] = LABELS) -> list[tuple[
             if label not in labels:
                 raise LayoutError(f"{path}:{lineno}: unknown label {label!r} for clip {clip!r}; "
                                   f"labels are {', '.join(labels)}")
-            rows.append((clip, labels.index(label)))
+            rows.append((lineno, clip, labels.index(label)))
     if not rows:
         raise LayoutError(f"{path}: split file lists no clips")
     return rows
 
 
-def scan_layout(root: str | Path, skip_bad: bool = False) -> list[Clip]:
-    """Clips listed in train.csv and test.csv, with their media paths. Missing media raise (or are skipped)."""
+def read_split_file(path: Path, labels: tuple[str, ...] = LABELS) -> list[tuple[str, int]]:
+    """``(clip, label index)`` of each row of a split file."""
+    return [(clip, label) for _, clip, label in read_rows(path, labels)]
+
+
+def scan_layout(root: str | Path, skip_bad: bool = False, labels: tuple[str, ...] = LABELS) -> list[Clip]:
+    """Clips listed in train.csv and test.csv, with their media paths. A clip listed in both files, twice or
+    with two labels, and missing media raise (or are reported and skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root}: dataset directory not found")
     for sub in ("AudioWAV", "VideoFlash"):
         if not (root / sub).is_dir():
             raise LayoutError(f"{root / sub}: directory not found (expected the public CREMA-D layout)")
-    clips, problems = [], []
-    for split in ("train", "test"):
-        for name, label in read_split_file(root / f"{split}.csv"):
-            wav = root / "AudioWAV" / f"{name}.wav"
-            videos = [root / "VideoFlash" / f"{name}{s}" for s in VIDEO_SUFFIXES]
-            video = next((v for v in videos if v.is_file()), None)
-            missing = ([] if wav.is_file() else [str(wav)]) + ([] if video else [str(videos[0])])
-            if missing:
-                problems.append(f"clip {name!r} in {split}.csv has no media: {', '.join(missing)}")
-                continue
-            clips.append(Clip(name, label, split, wav, video))
+    listings = [Listing(name, labels[label], split, f"{root / f'{split}.csv'}:{lineno}")
+                for split in ("train", "test") for lineno, name, label in read_rows(root / f"{split}.csv", labels)]
+    keep, problems = check_listings(listings)
+    clips = []
+    for item in (listings[i] for i in keep):
+        name, split = item.clip, item.split
+        wav = root / "AudioWAV" / f"{name}.wav"
+        videos = [root / "VideoFlash" / f"{name}{s}" for s in VIDEO_SUFFIXES]
+        video = next((v for v in videos if v.is_file()), None)
+        missing = ([] if wav.is_file() else [str(wav)]) + ([] if video else [str(videos[0])])
+        if missing:
+            problems.append(f"clip {name!r} in {split}.csv has no media: {', '.join(missing)}")
+            continue
+        clips.append(Clip(name, labels.index(item.label), split, wav, video))
     report_bad(problems, skip_bad)
     return clips
 
@@ -80,7 +90,7 @@ def build_cache(root: str | Path, recipe: str, image_size: int, skip_bad: bool =
                 dataset: str = "crema_d", labels: tuple[str, ...] = LABELS) -> Path:
     """Decode every clip once and write the tensor cache. Returns its path."""
     root = Path(root)
-    clips = scan_layout(root, skip_bad)
+    clips = scan_layout(root, skip_bad, labels)
     decoded = decode_all(clips, lambda c: (spectrogram(c.wav, recipe), extract_frames(c.video, image_size)),
                          skip_bad, root)
     kept = [clip for clip, _ in decoded]
@@ -113,10 +123,10 @@ class CremaD:
     def prepare(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False, **_) -> Path:
         return build_cache(root, recipe, image_size, skip_bad, dataset=self.name, labels=self.labels)
 
-    def cache_path(self, root: str | Path, recipe: str, image_size: int) -> Path:
+    def cache_path(self, root: str | Path, recipe: str, image_size: int, **_) -> Path:
         return Path(root) / "cache" / f"{recipe}_img{image_size}.pt"
 
     def ensure_prepared(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
                         **_) -> Path:
         path = self.cache_path(root, recipe, image_size)
-        return require_prepared(path, "crema_d", root)
+        return require_prepared(path, self.name, root, recipe, image_size)

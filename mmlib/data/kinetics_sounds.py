@@ -26,7 +26,7 @@ import torch
 from ..registry import register
 from .audio import MediaError, spectrogram
 from .cache import SPLIT_CODES, TensorCache, require_prepared
-from .layout import LayoutError, decode_all, report_bad
+from .layout import LayoutError, Listing, check_listings, decode_all, report_bad
 from .video import pad_clips
 
 # The 31 classes as listed by the AdaMML authors (IBM/AdaMML#3). The label order of a real copy is the one of
@@ -72,8 +72,8 @@ def read_classes(path: Path) -> list[str]:
     return names
 
 
-def read_split_file(path: Path, num_classes: int) -> list[tuple[str, float, int]]:
-    """``(clip_id, duration_s, label)`` rows of ``my_train.txt`` / ``my_test.txt``."""
+def read_rows(path: Path, num_classes: int) -> list[tuple[int, str, float, int]]:
+    """``(line number, clip_id, duration_s, label)`` of each row of ``my_train.txt`` / ``my_test.txt``."""
     if not path.is_file():
         raise LayoutError(f"{path}: split file not found")
     rows = []
@@ -96,10 +96,15 @@ def read_split_file(path: Path, num_classes: int) -> list[tuple[str, float, int]
             if not label.isdigit() or int(label) >= num_classes:
                 raise LayoutError(f"{where}: unknown label {label!r} for clip {clip!r}; labels are "
                                   f"0..{num_classes - 1} (the lines of {CLASSES_FILE})")
-            rows.append((clip, seconds, int(label)))
+            rows.append((lineno, clip, seconds, int(label)))
     if not rows:
         raise LayoutError(f"{path}: split file lists no clips")
     return rows
+
+
+def read_split_file(path: Path, num_classes: int) -> list[tuple[str, float, int]]:
+    """``(clip_id, duration_s, label)`` rows of ``my_train.txt`` / ``my_test.txt``."""
+    return [row[1:] for row in read_rows(path, num_classes)]
 
 
 def _natural_key(path: Path) -> list:
@@ -114,8 +119,8 @@ def frame_files(directory: Path) -> list[Path]:
 
 
 def scan_layout(root: str | Path, skip_bad: bool = False) -> tuple[list[str], list[KSClip]]:
-    """Class names and the clips of both split files with their media. A clip whose wav or frames are missing
-    raises (or is reported and skipped)."""
+    """Class names and the clips of both split files with their media. A clip listed in both files, twice or with
+    two labels, and a clip whose wav or frames are missing raise (or are reported and skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root}: dataset directory not found")
@@ -124,21 +129,22 @@ def scan_layout(root: str | Path, skip_bad: bool = False) -> tuple[list[str], li
             raise LayoutError(f"{root / sub}: directory not found (expected the public Kinetics-Sounds layout: "
                               f"{AUDIO_DIR}/<clip_id>.wav and {FRAME_DIR}/<clip_id>/frame_00001.jpg, ...)")
     classes = read_classes(root / CLASSES_FILE)
-    clips, problems, seen = [], [], {}
-    for split, file_name in SPLIT_FILES.items():
-        for name, _, label in read_split_file(root / file_name, len(classes)):
-            if name in seen:
-                raise LayoutError(f"{root / file_name}: clip {name!r} is already listed in {seen[name]}")
-            seen[name] = file_name
-            wav, frame_dir = root / AUDIO_DIR / f"{name}.wav", root / FRAME_DIR / name
-            missing = [] if wav.is_file() else [str(wav)]
-            frames = frame_files(frame_dir) if frame_dir.is_dir() else []
-            if not frames:
-                missing.append(f"{frame_dir}/frame_*.jpg")
-            if missing:
-                problems.append(f"clip {name!r} in {file_name} has no media: {', '.join(missing)}")
-                continue
-            clips.append(KSClip(name, label, split, wav, frames))
+    listings = [Listing(name, label, split, f"{root / file_name}:{lineno}")
+                for split, file_name in SPLIT_FILES.items()
+                for lineno, name, _, label in read_rows(root / file_name, len(classes))]
+    keep, problems = check_listings(listings)
+    clips = []
+    for item in (listings[i] for i in keep):
+        name, file_name = item.clip, SPLIT_FILES[item.split]
+        wav, frame_dir = root / AUDIO_DIR / f"{name}.wav", root / FRAME_DIR / name
+        missing = [] if wav.is_file() else [str(wav)]
+        frames = frame_files(frame_dir) if frame_dir.is_dir() else []
+        if not frames:
+            missing.append(f"{frame_dir}/frame_*.jpg")
+        if missing:
+            problems.append(f"clip {name!r} in {file_name} has no media: {', '.join(missing)}")
+            continue
+        clips.append(KSClip(name, item.label, item.split, wav, frames))
     report_bad(problems, skip_bad)
     return classes, clips
 
@@ -205,4 +211,4 @@ class KineticsSounds:
     def ensure_prepared(self, root: str | Path, recipe: str, image_size: int, skip_bad: bool = False,
                         **_) -> Path:
         path = self.cache_path(root, recipe, image_size)
-        return require_prepared(path, self.name, root)
+        return require_prepared(path, self.name, root, recipe, image_size)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..registry import register
 from .audio import MediaError
 from .cache import SPLIT_CODES, TensorCache, require_prepared
-from .layout import LayoutError, decode_all, report_bad
+from .layout import LayoutError, Listing, check_listings, decode_all, report_bad
 from .video import pad_clips
 
 LIST_FILES = {"train": "nvgesture_train_correct_cvpr2016_v2.lst", "test": "nvgesture_test_correct_cvpr2016_v2.lst"}
@@ -46,6 +46,7 @@ class GestureClip:
     line: int  # 0-based line among the list file's clips (names the flow file)
     ranges: dict[str, tuple[int, int]]  # sensor -> (start, end), half-open
     directory: Path
+    where: str = ""  # <list file>:<line>, for error messages
 
     def video(self, modality: str) -> Path:
         return self.directory / SENSORS[modality][1]
@@ -95,29 +96,29 @@ def read_list_file(path: Path, split: str) -> list[GestureClip]:
         if not text.strip():
             continue
         name, ranges, label = parse_list_line(text, f"{path}:{lineno}")
-        clips.append(GestureClip(name, label - 1, split, len(clips), ranges, path.parent / name))
+        clips.append(GestureClip(name, label - 1, split, len(clips), ranges, path.parent / name,
+                                 f"{path}:{lineno}"))
     if not clips:
         raise LayoutError(f"{path}: list file lists no clips")
     return clips
 
 
 def scan_layout(root: str | Path, skip_bad: bool = False) -> list[GestureClip]:
-    """Clips of both list files whose videos and flow file exist (a clip without them raises, or is skipped)."""
+    """Clips of both list files whose videos and flow file exist. A clip listed in both files, twice or with two
+    labels, and a clip without its media raise (or are reported and skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root}: dataset directory not found")
-    clips, problems, seen = [], [], set()
-    for split, list_name in LIST_FILES.items():
-        for clip in read_list_file(root / list_name, split):
-            if clip.name in seen:
-                raise LayoutError(f"{root / list_name}: clip {clip.name!r} is listed twice")
-            seen.add(clip.name)
-            media = [clip.video(m) for m in SENSORS] + [clip.flow(root)]
-            missing = [str(p) for p in media if not p.is_file()]
-            if missing:
-                problems.append(f"clip {clip.name!r} in {list_name} has no media: {', '.join(missing)}")
-                continue
-            clips.append(clip)
+    listed = [clip for split, list_name in LIST_FILES.items() for clip in read_list_file(root / list_name, split)]
+    keep, problems = check_listings([Listing(c.name, c.label + 1, c.split, c.where) for c in listed])
+    clips = []
+    for clip in (listed[i] for i in keep):
+        media = [clip.video(m) for m in SENSORS] + [clip.flow(root)]
+        missing = [str(p) for p in media if not p.is_file()]
+        if missing:
+            problems.append(f"clip {clip.name!r} in {LIST_FILES[clip.split]} has no media: {', '.join(missing)}")
+            continue
+        clips.append(clip)
     report_bad(problems, skip_bad)
     return clips
 
@@ -245,4 +246,4 @@ class NVGesture:
     def ensure_prepared(self, root: str | Path, recipe: str | None, image_size: int, skip_bad: bool = False,
                         **_) -> Path:
         path = self.cache_path(root, recipe, image_size)
-        return require_prepared(path, self.name, root)
+        return require_prepared(path, self.name, root, image_size=image_size)

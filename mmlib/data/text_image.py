@@ -25,7 +25,7 @@ import torch
 
 from ..registry import register
 from .cache import SPLIT_CODES, TensorCache, atomic_write_bytes, require_prepared
-from .layout import LayoutError, decode_all, report_bad
+from .layout import LayoutError, Listing, check_listings, decode_all, report_bad
 
 REQUIRED_COLUMNS = ("Label", "String", "ImageID")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -44,6 +44,7 @@ class Item:
     text: str
     image: Path
     where: str  # <tsv>:<line>, for error messages
+    row: tuple[str, ...] = ()  # the row's columns but its label: what identifies it (a target column included)
 
 
 def read_tsv(path: Path, num_classes: int, image_dir: Path, split: str) -> tuple[list[Item], list[str]]:
@@ -79,7 +80,8 @@ def read_tsv(path: Path, num_classes: int, image_dir: Path, split: str) -> tuple
         if not image.is_file():
             problems.append(f"{where}: image not found: {image}")
             continue
-        items.append(Item(f"{split}/{image_id}/{lineno}", int(label), split, text, image, where))
+        row_id = tuple(v.strip() for j, v in enumerate(row) if j != col["Label"])
+        items.append(Item(f"{split}/{image_id}/{lineno}", int(label), split, text, image, where, row_id))
     return items, problems
 
 
@@ -91,13 +93,20 @@ def scan_layout(root: str | Path, image_dir: str, num_classes: int, skip_bad: bo
         if not (root / sub).is_dir():
             raise LayoutError(f"{root / sub}: directory not found (expected annotations/{{train,test}}.tsv "
                               f"and {image_dir}/<ImageID>.jpg)")
-    items, problems = [], []
+    listed, problems = [], []
     for split in ("train", "test"):
         found, bad = read_tsv(root / "annotations" / f"{split}.tsv", num_classes, root / image_dir, split)
-        items += found
+        listed += found
         problems += bad
-    report_bad(problems, skip_bad, "rows")
-    return items
+    # a row (its text, image and other columns) in both files, twice, or with two labels
+    by_row = {i.row: i for i in listed}
+
+    def name(row: tuple[str, ...]) -> str:
+        return f"(image {by_row[row].image.name}, text {by_row[row].text[:60]!r})"
+
+    keep, repeated = check_listings([Listing(i.row, i.label, i.split, i.where) for i in listed], name)
+    report_bad(problems + repeated, skip_bad, "rows")
+    return [listed[i] for i in keep]
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -254,7 +263,7 @@ class TextImageDataset:
                         skip_bad: bool = False, **options) -> Path:
         options.pop("generator", None)
         path = self.cache_path(root, recipe, image_size, **options)
-        return require_prepared(path, self.name, root)
+        return require_prepared(path, self.name, root, image_size=image_size)
 
 
 @register("datasets", "sarcasm")
