@@ -3,7 +3,9 @@
 A stand-in's ``calibration`` block (params.yaml, per setup and in the quickstart's section) names the paper cells
 its baseline rows are calibrated on, each as ``"<paper>/<artifact> | <row> | <column>"`` (data/paper/):
 
-- ``only``: each modality's unimodal model;
+- ``only``: each modality's unimodal model (``unreported``: modality -> why no paper prints its number);
+- ``tolerance``: this stand-in's own tolerance where the measured trade-off between its rows is wider than the
+  default (the reason in params.yaml and LOG.md);
 - ``naive``: naive joint training (Concat; ``naive_balancer`` names the paper's own joint baseline where it is
   another balancer, e.g. ``vanilla`` for the Greedy paper's sum of branch losses);
 - ``inside`` (where a paper reports it): each modality's accuracy inside the naive model and the unimodal accuracy

@@ -411,7 +411,7 @@ def calibration(params: dict, setups: list[str], seeds: list[int], workers: int 
         classes = len(runs["naive"][0].data["classes"])
         frames[f"{setup}: {setup_label(params, setup)}"] = calibration_checks(
             baseline_accuracies(runs, modalities), spec, classes, params["root"],
-            params.get("replication", {}).get("calibration_tolerance"))
+            {**(params.get("replication", {}).get("calibration_tolerance") or {}), **(spec.get("tolerance") or {})})
     return pd.concat(frames, names=["setup", "quantity"]).round(3)
 
 
