@@ -81,6 +81,34 @@ class Artifact:
         """Ours (bars, mean ± std over seeds) beside the paper's values (diamonds), one panel per column."""
         return report.comparison_figure(self.results, self.caption, columns)
 
+    def distribution_figure(self, columns: list[str] | None = None):
+        """Per column, the distribution of each row's per-model values (histogram, density, means, the paper's
+        stated value): the Greedy paper's d_util / d_speed figures."""
+        columns = columns or tables.ours_columns(self.results)
+        panels = {col: {row: (row, col) for row, entries in self.results.items()
+                        if col in entries and entries[col]["mean"] is not None} for col in columns}
+        return report.distribution_figure(self.results, panels, self.caption)
+
+    def trend_figure(self, logx: tuple[str, ...] = ()):
+        """Ours against the number each row name ends in (``lambda=1e-05``, ``Q=5``, ``alpha=0.01``), the rows
+        grouped by the name before ``=`` (one series each; ``logx`` names the series drawn on a log axis)."""
+        series: dict = {}
+        for row in self.section["rows"]:
+            name, _, value = row.rpartition("=")
+            series.setdefault(name, ({}, name in logx))[0][row] = float(value)
+        return report.trend_figure(self.results, series, tables.ours_columns(self.results), self.caption)
+
+    def trend_correlations(self) -> dict:
+        """Per series of rows (``lambda=...``) and column: the rank correlation (Spearman) of the row's number
+        with our mean; the paper's trend claims ("|d_util| rises with lambda") read as its sign."""
+        out: dict = {}
+        for row in self.section["rows"]:
+            name, _, value = row.rpartition("=")
+            out.setdefault(name, {})[row] = float(value)
+        return {f"{name} vs {col}": round(float(pd.Series([self.results[r][col]["mean"] for r in xs]).corr(
+                    pd.Series(list(xs.values())), method="spearman")), 3)
+                for name, xs in out.items() for col in tables.ours_columns(self.results)}
+
     def metrics(self, extra: dict | None = None) -> dict:
         """The flat metrics: every cell (ours, spread, seeds, the paper's), the claims counts, the stand-ins'
         calibration, which data and profile, and ``extra``."""
@@ -93,6 +121,8 @@ class Artifact:
                 cells[f"{key} | std"], cells[f"{key} | seeds"], cells[f"{key} | paper"] = e["std"], e["seeds"], e["paper"]
                 if e.get("pending"):
                     cells[f"{key} | pending"] = e["pending"]
+                if e.get("diverged"):
+                    cells[f"{key} | diverged"] = e["diverged"]
         calibration = {f"calibration | {setup.split(':')[0]} | {quantity} | {column}": value
                        for (setup, quantity), row in self.calibration.iterrows()
                        for column, value in row.items() if column != "source"}
@@ -136,3 +166,37 @@ def build(stage: str, profile: str = "ci", reports_dir: str = "results/notebooks
                     long=long, order=tables.ordering(results, paper), checked=tables.claims(results, paper.claims),
                     calibration=calibration, caption=tables.banner(params, stage, cells),
                     out_dir=report.stage_dir(params, stage, reports_dir))
+
+
+def examples(stage: str, profile: str = "ci", reports_dir: str = "results/notebooks", seed: int = 0):
+    """A figure of example inputs of each setup the section names (``setups``, ``examples`` per dataset), from
+    their prepared tensor caches (the embedded stand-ins, or real data where a setup points at it); saved with a
+    metrics.json naming the data. Returns the figure."""
+    import numpy as np
+
+    from .experiments import load_cache
+
+    params = load_params(profile)
+    section = params[stage]
+    count = int(section.get("examples", 4))
+    shown, names = {}, {}
+    for setup in section["setups"]:
+        cfg = tables.cell_config(params, tables.Cell(setup=setup), 0)
+        _, cache = load_cache(cfg)
+        test = cache.indices("test")
+        pick = test[np.random.default_rng(seed).choice(len(test), size=min(count, len(test)), replace=False)]
+        label = f"{setup}: {tables.setup_label(params, setup)}"
+        names[setup] = tables.setup_label(params, setup)
+        shown[label] = {}
+        for m in cfg.data.modalities:
+            x = cache.tensors[m][pick]  # (n, T, C, H, W) uint8 clips: the middle frame of each
+            frame = x[:, x.shape[1] // 2].float().div(255.0)
+            shown[label][m] = (frame[:, 0] if frame.shape[1] == 1 else frame[:, :3].permute(0, 2, 3, 1)).numpy()
+    caption = (f"Ours: test examples of {', '.join(f'{s} = {n}' for s, n in names.items())} · profile "
+               f"{params['profile']}. The paper's Fig. 6 shows the real datasets; these are the embedded stand-ins.")
+    fig = report.examples_figure(shown, caption)
+    out_dir = report.stage_dir(params, stage, reports_dir)
+    report.save_figure(fig, out_dir)
+    report.write_metrics(out_dir, {"data": caption, "profile": params["profile"], "examples per dataset": count,
+                                   **{f"dataset | {s}": n for s, n in names.items()}})
+    return fig

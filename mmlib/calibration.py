@@ -3,7 +3,7 @@
 A stand-in's ``calibration`` block (params.yaml, per setup and in the quickstart's section) names the paper cells
 its baseline rows are calibrated on, each as ``"<paper>/<artifact> | <row> | <column>"`` (data/paper/):
 
-- ``only``: each modality's unimodal model (``unreported``: modality -> why no paper prints its number);
+- ``only``: each modality's unimodal model (``uncalibrated``: modality -> why no usable paper number exists);
 - ``tolerance``: this stand-in's own tolerance where the measured trade-off between its rows is wider than the
   default (the reason in params.yaml and LOG.md);
 - ``naive``: naive joint training (Concat; ``naive_balancer`` names the paper's own joint baseline where it is
@@ -50,15 +50,16 @@ def calibration_checks(ours: dict, spec: dict, classes: int, root, tolerance: di
     ``ours``: ``{"only": {modality: acc}, "naive": acc, "inside": {modality: acc}}`` (test %, mean over seeds).
     """
     tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    unit = f"{spec.get('metric', 'acc')} %"
     rows = []
     for m, ref in spec.get("only", {}).items():
         paper = paper_value(ref, root)
-        rows.append({"quantity": f"{m} only (acc %)", "ours": ours["only"][m], "paper": paper,
+        rows.append({"quantity": f"{m} only ({unit})", "ours": ours["only"][m], "paper": paper,
                      "difference": ours["only"][m] - paper, "holds": abs(ours["only"][m] - paper) <= tol["points"],
                      "source": ref})
     if "naive" in spec:
         paper = paper_value(spec["naive"], root)
-        rows.append({"quantity": "naive (acc %)", "ours": ours["naive"], "paper": paper,
+        rows.append({"quantity": f"naive ({unit})", "ours": ours["naive"], "paper": paper,
                      "difference": ours["naive"] - paper, "holds": abs(ours["naive"] - paper) <= tol["points"],
                      "source": spec["naive"]})
     inside = dict(spec.get("inside") or {})

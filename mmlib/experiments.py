@@ -32,7 +32,7 @@ from .identity import code_version, machine
 from .models.multimodal import build_model
 from .progress import progress_bar
 from .registry import get
-from .train import Trainer
+from .train import NonFiniteLossError, Trainer
 
 RECORD_VERSION = 2
 
@@ -59,9 +59,12 @@ class RunRecord:
     def test_acc(self) -> float:
         return self.final["test"]["acc"]
 
-    def unimodal_acc(self, modality: str, protocol: str = "zero_feature", split: str = "test") -> float:
+    def unimodal_acc(self, modality: str, protocol: str | None = None, split: str = "test") -> float:
+        """A modality's accuracy inside the model under ``protocol`` (default: the run's first protocol), or a
+        unimodal run's own accuracy."""
         uni = self.final[split]["unimodal"]
-        table = uni.get(protocol) or uni.get("model")
+        protocols = self.config.get("train", {}).get("protocols") or ["zero_feature"]
+        table = uni.get(protocol or protocols[0]) or uni.get("model")
         return table[modality]["acc"]
 
     @classmethod
@@ -206,20 +209,42 @@ def load_record(path: Path, identity: dict) -> RunRecord:
     return record
 
 
+DIVERGED = "diverged.json"  # beside a run's folder files: its loss became non-finite (no record, ever)
+
+
+def diverged(run_dir: Path, run_id: str) -> str | None:
+    """The error of a run that diverged (its loss became non-finite) in this folder, None if it did not."""
+    path = run_dir / DIVERGED
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return marker.get("error") if isinstance(marker, dict) and marker.get("hash") == run_id else None
+
+
 def run(cfg: ExperimentConfig, root: str | Path | None = None, force: bool = False) -> RunRecord:
     """Train ``cfg`` (or return the record of the same run: same config, data content and code). A second
-    process training the same run waits for the first and returns its record."""
+    process training the same run waits for the first and returns its record. A run whose loss became
+    non-finite raises NonFiniteLossError, and raises it again (without retraining) until ``force``."""
     identity = run_identity(cfg)
     run_id = stable_hash(identity)
     run_dir = Path(root or results_root()) / run_id
     record_path = run_dir / "record.json"
-    if record_path.is_file() and not force:
-        return load_record(record_path, identity)
+    if not force:
+        if record_path.is_file():
+            return load_record(record_path, identity)
+        if error := diverged(run_dir, run_id):
+            raise NonFiniteLossError(f"{error} (recorded in {run_dir / DIVERGED}; retrain with --force)")
     run_dir.mkdir(parents=True, exist_ok=True)
     with locks.exclusive(run_dir / "run.lock", f"run {run_id}"):
         if record_path.is_file() and not force:  # trained by another process while this one waited
             return load_record(record_path, identity)
-        return _train(cfg, identity, run_dir, root, force)
+        try:
+            return _train(cfg, identity, run_dir, root, force)
+        except NonFiniteLossError as err:  # remembered, so a sweep over a learning-rate range does not retrain it
+            blob = json.dumps({"hash": run_id, "error": str(err)}, indent=1)
+            atomic_write_bytes(run_dir / DIVERGED, lambda tmp: tmp.write_text(blob))
+            raise
 
 
 def _train(cfg: ExperimentConfig, identity: dict, run_dir: Path, root: str | Path | None,
@@ -254,38 +279,56 @@ def _train(cfg: ExperimentConfig, identity: dict, run_dir: Path, root: str | Pat
     return record
 
 
-def _run_in_worker(cfg_dict: dict, root: str) -> str:
-    return run(config_from(cfg_dict), root).path
+def _run_in_worker(cfg_dict: dict, root: str) -> str | None:
+    """A sweep worker's run: the record's path, or None when the run diverged (non-finite loss)."""
+    try:
+        return run(config_from(cfg_dict), root).path
+    except NonFiniteLossError:
+        return None
 
 
 def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None, workers: int = 1,
-          desc: str = "runs") -> list[RunRecord]:
-    """Records of ``cfgs`` in order. Configurations without a record are trained once each, by ``workers``
-    processes when > 1 (set ``train.threads`` so that workers x threads fits the machine's cores). Progress
-    (runs done / to train, ETA) goes to the terminal or ``$MMLIB_PROGRESS`` (mmlib.progress), never to stdout."""
+          desc: str = "runs", skip_diverged: bool = False, executor=None, wait: bool = True) -> list:
+    """Records of ``cfgs`` in order. Configurations without a record are trained once each, where ``executor``
+    (mmlib.executors.ExecutorConfig; default local) says: locally by ``workers`` processes (on a CUDA host one
+    per visible GPU, each bound to its GPU; set ``train.threads`` so that workers x threads fits the cores), or
+    as a submitit job array (SLURM) whose jobs write into the same run store; ``wait=False`` returns after
+    submitting (None). A run whose loss became non-finite raises, or with ``skip_diverged`` is None in the list.
+    Progress (runs done / to train, ETA) goes to the terminal or ``$MMLIB_PROGRESS``, never to stdout."""
+    from . import executors
+
     cfgs = list(cfgs)
     root = Path(root or results_root())
+    executor = executor or executors.ExecutorConfig()
     ids = [run_hash(c) for c in cfgs]  # prepares each dataset here, once, before any worker reads it
-    todo = {h: c for h, c in zip(ids, cfgs) if not (root / h / "record.json").is_file()}
-    pre = {run_hash(s): s for c in todo.values() for s in pretrain_configs(c, c.data.modalities).values()}
-    pre = {h: s for h, s in pre.items() if not (root / h / "record.json").is_file() and h not in todo}
-    with progress_bar(len(pre) + len(todo), desc) as bar:
-        if workers > 1 and len(pre) + len(todo) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for stage in (pre, todo):  # pre-training runs first: the others load their weights
-                    futures = [pool.submit(_run_in_worker, c.to_dict(), str(root)) for c in stage.values()]
-                    for future in as_completed(futures):
-                        future.result()
-                        bar.update(1)
+    def done(h: str) -> bool:
+        return (root / h / "record.json").is_file() or diverged(root / h, h) is not None
+
+    todo = {h: c for h, c in zip(ids, cfgs) if not done(h)}
+    pre = {run_hash(s): s for c in todo.values() for s in pretrain_configs(c, c.data.modalities).values()}
+    pre = {h: s for h, s in pre.items() if not done(h) and h not in todo}
+    with progress_bar(len(pre) + len(todo), desc) as bar:
+        tick = lambda _: bar.update(1)  # noqa: E731
+        if executor.name == "local":
+            gpus = executors.visible_gpus()
+            count = executor.workers or (len(gpus) if gpus else workers)
+            for stage in (pre, todo):  # pre-training runs first: the others load their weights
+                executors.run_local(_run_in_worker, [(c.to_dict(), str(root)) for c in stage.values()], count,
+                                    gpus if count > 1 else (), on_done=tick)
+        else:  # one job array; a job whose pre-training run is missing trains it first, under its lock
+            jobs = executors.submit(_run_in_worker, [(c.to_dict(), str(root)) for c in {**pre, **todo}.values()],
+                                    executor, Path(executor.folder or root / "jobs"))
+            if not wait:
+                return None
+            executors.wait(jobs, on_done=tick)
+    out = []
+    for h, cfg in zip(ids, cfgs):
+        if skip_diverged and diverged(root / h, h) is not None:
+            out.append(None)
         else:
-            for stage in (pre, todo):
-                for c in stage.values():
-                    run(c, root)
-                    bar.update(1)
-    return [run(cfg, root) for cfg in cfgs]
+            out.append(run(cfg, root))
+    return out
 
 
 def config_from(d: dict) -> ExperimentConfig:

@@ -289,6 +289,63 @@ def distribution_figure(results: dict, panels: Mapping[str, Mapping[str, tuple[s
     return fig
 
 
+def trend_figure(results: dict, series: Mapping[str, tuple[Mapping[str, float], bool]], columns: list[str],
+                 title: str):
+    """Ours (mean ± std over the models of each row) against a number each row stands for, one panel per
+    (series, column): ``series = {x label: ({row: x}, log x axis)}``, e.g. lambda, Q, alpha (the hyper-parameter
+    studies of Greedy Figs. 3, 4, 8, 9)."""
+    import matplotlib.pyplot as plt
+
+    panels = [(label, xs, logx, col) for label, (xs, logx) in series.items() for col in columns]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.0 * nrows + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax, (label, xs, logx, col) in zip(axes.flat, panels):
+        rows = sorted(xs, key=xs.get)
+        entries = [results[r][col] for r in rows]
+        x = np.array([xs[r] for r in rows], dtype=float)
+        mean = np.array([e["mean"] for e in entries], dtype=float)
+        std = np.array([e["std"] or 0.0 for e in entries], dtype=float)
+        models = max(e["seeds"] for e in entries)
+        ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, label=f"ours (mean ± std, {models} models)")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_title(f"{col} vs {label}", fontsize=9)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel(metric_label(entries[0]["metric"]), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    wrapped_title(fig, title)
+    return fig
+
+
+def examples_figure(examples: Mapping[str, Mapping[str, np.ndarray]], title: str):
+    """Example inputs: ``{dataset label: {modality: (n, H, W) or (n, H, W, 3) images in [0, 1]}}``, one row per
+    dataset and modality, one column per example (Greedy Fig. 6)."""
+    import matplotlib.pyplot as plt
+
+    rows = [(d, m, images) for d, mods in examples.items() for m, images in mods.items()]
+    n = max(len(images) for _, _, images in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.4 * n + 1.2, 1.45 * len(rows) + 0.8), squeeze=False,
+                             layout="constrained")
+    for i, (dataset, modality, images) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                ax.imshow(images[j], cmap="gray" if images[j].ndim == 2 else None, vmin=0.0, vmax=1.0)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(f"{dataset}\n{modality}", fontsize=7)
+    wrapped_title(fig, title)
+    return fig
+
+
 def save_figure(fig, out_dir: Path, name: str = "figure") -> Path:
     path = out_dir / f"{name}.png"
     atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))

@@ -45,6 +45,7 @@ class Cell:
     pending: str = ""  # why this cell is not run (e.g. its method lands with a later paper)
     sweep: dict = field(default_factory=dict)  # dotted key -> value spec: one model per member and seed
     best_of: list = field(default_factory=list)  # rows whose best entry in this column is this cell's
+    duplicate: int | None = None  # the setup's i-th modality twice (m and m_copy: identical inputs, greedy.md §6.2)
 
 
 def sweep_values(key: str, spec) -> list:
@@ -85,6 +86,18 @@ def _mean_rho(index: int) -> Callable[[RunRecord], float]:
     return value
 
 
+def _measure(record: RunRecord, path: tuple[str, ...]) -> float:
+    """``record.final[path...]``, or an error naming the run and the missing measure (undefined: None)."""
+    node = record.final
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    if node is None:
+        raise KeyError(f"run {record.hash} has no {'.'.join(path)} (balancer {record.config['balancer']['name']}, "
+                       f"fusion {record.config.get('model', {}).get('fusion', {}).get('name')}); it is defined for "
+                       f"MMTM-style models (d_util, d_speed), every run (sparsity), segmentation (miou)")
+    return float(node)
+
+
 # metric name -> value of one run; percentages for classification metrics
 METRICS: dict[str, Callable[[RunRecord], float]] = {  # "inside:<modality>" is metric_function's
     "acc": lambda r: 100 * r.final["test"]["acc"],
@@ -96,6 +109,13 @@ METRICS: dict[str, Callable[[RunRecord], float]] = {  # "inside:<modality>" is m
     "mean_rho1": _mean_rho(0),
     "mean_rho2": _mean_rho(1),
     "mean_rho3": _mean_rho(2),
+    # the Greedy paper's measures (mmlib.utilization), for runs on MMTM-style models
+    "d_util": lambda r: _measure(r, ("test", "utilization", "d_util")),
+    "abs_d_util": lambda r: abs(_measure(r, ("test", "utilization", "d_util"))),
+    "d_speed": lambda r: _measure(r, ("speed", "d_speed")),
+    "abs_d_speed": lambda r: abs(_measure(r, ("speed", "d_speed"))),
+    "sparsity": lambda r: _measure(r, ("sparsity", "fraction")),  # R(f)
+    "miou": lambda r: 100 * _measure(r, ("test", "miou")),  # segmentation
 }
 
 
@@ -111,8 +131,7 @@ def metric_function(metric: str) -> Callable[[RunRecord], float]:
         modality = metric[len(INSIDE):]
 
         def inside(record: RunRecord) -> float:
-            protocols = record.config["train"]["protocols"]
-            return 100 * record.unimodal_acc(modality, protocols[0] if protocols else "zero_feature")
+            return 100 * record.unimodal_acc(modality)
         return inside
     raise KeyError(f"unknown metric {metric!r}; metrics are {sorted(METRICS)} and {INSIDE}<modality>")
 
@@ -146,7 +165,7 @@ def make_cell(section: dict, row: str, column: str) -> Cell:
     setup = cspec.pop("setup", None) or section.get("setup")
     if setup is None:
         raise KeyError(f"cell ({row!r}, {column!r}) has no setup: give the column one or the section a `setup`")
-    unknown = (set(rspec) - {"balancer", "params", "set", "pending", "sweep", "best_of"}) | \
+    unknown = (set(rspec) - {"balancer", "params", "set", "pending", "sweep", "best_of", "duplicate"}) | \
               (set(cspec) - {"params", "set", "balancer", "sweep"})
     if unknown:
         raise KeyError(f"cell ({row!r}, {column!r}): unknown key(s) {sorted(unknown)}")
@@ -158,7 +177,8 @@ def make_cell(section: dict, row: str, column: str) -> Cell:
                 params=deep_merge(rspec.get("params") or {}, cspec.get("params") or {}),
                 overrides={**(cspec.get("set") or {}), **(rspec.get("set") or {})},
                 metric=metric, pending=rspec.get("pending", ""),
-                sweep={**(cspec.get("sweep") or {}), **(rspec.get("sweep") or {})}, best_of=best_of)
+                sweep={**(cspec.get("sweep") or {}), **(rspec.get("sweep") or {})}, best_of=best_of,
+                duplicate=rspec.get("duplicate"))
 
 
 def paper_table(params: dict, section_name: str) -> PaperTable:
@@ -213,8 +233,13 @@ def cell_config(params: dict, cell: Cell, seed: int, section: str | None = None,
     bparams = deep_merge((setup.get("balancers") or {}).get(cell.balancer, {}), cell.params)
     if cell.balancer == "unimodal" and isinstance(bparams.get("modality"), int):
         bparams["modality"] = probe.data.modalities[bparams["modality"]]
+    twins = {}
+    if cell.duplicate is not None:  # the i-th modality and its copy (the loader serves the very same tensor)
+        modality = probe.data.modalities[cell.duplicate]
+        twins = {"data.modalities": [modality, f"{modality}_copy"]}
     return experiment_config(merged, section, **{"balancer.name": cell.balancer, "balancer.params": bparams,
-                                                 "train.seed": seed, **cell.overrides, **(member or {})})
+                                                 "train.seed": seed, **twins, **cell.overrides,
+                                                 **(member or {})})
 
 
 def section_seeds(params: dict, section_name: str) -> list[int]:
@@ -229,21 +254,31 @@ def run_cells(params: dict, section_name: str, cells: dict, seeds: list[int] | N
     workers = workers or params.get("replication", {}).get("workers", 1)
     configs = {key: [cell_config(params, cell, s, section_name, member) for member in members(cell) for s in seeds]
                for key, cell in cells.items() if not cell.pending and not cell.best_of}
-    records = iter(sweep([c for cs in configs.values() for c in cs], workers=workers, desc=section_name))
-    return {key: [next(records) for _ in cs] for key, cs in configs.items()}
+    records = iter(sweep([c for cs in configs.values() for c in cs], workers=workers, desc=section_name,
+                         skip_diverged=True))
+    runs = {key: [next(records) for _ in cs] for key, cs in configs.items()}
+    for key, recs in runs.items():  # only a sweep's models may diverge (a learning-rate range's far end)
+        if None in recs and not cells[key].sweep:
+            from .train import NonFiniteLossError
+
+            raise NonFiniteLossError(f"{section_name}: cell {key[0]} / {key[1]}: a run's loss became non-finite "
+                                     f"(its folder holds {'diverged.json'}); it is never a result")
+    return runs
 
 
 def cell_values(cells: dict, runs: dict) -> dict[tuple[str, str], list[float]]:
-    return {key: [metric_function(cells[key].metric)(r) for r in recs] for key, recs in runs.items()}
+    """One value per model that trained (a sweep's diverged models, None in ``runs``, have none)."""
+    return {key: [metric_function(cells[key].metric)(r) for r in recs if r is not None] for key, recs in runs.items()}
 
 
 def _fmt(mean: float, std: float | None, n: int, metric: str) -> str:
-    digits = 3 if metric.startswith("mean_rho") else (2 if metric in ("overhead_min", "epoch_s") else 1)
+    digits = 3 if metric.startswith("mean_rho") or metric in ("d_util", "abs_d_util", "sparsity") else \
+        (2 if metric in ("overhead_min", "epoch_s", "d_speed", "abs_d_speed") else 1)
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
 # metrics where a larger value is a better method (the rankings and "best row" compare these only)
-HIGHER_IS_BETTER = ("acc", "map", "macf1", "f1")
+HIGHER_IS_BETTER = ("acc", "map", "macf1", "f1", "miou")
 
 
 def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -277,15 +312,21 @@ def compare(cells: dict, runs: dict, paper: PaperTable) -> tuple[pd.DataFrame, p
                                  f"({paper_txt})"
         else:
             vals = [float(v) for v in values[(row, col)]]
+            lost = sum(r is None for r in runs[(row, col)])
+            if not vals:
+                raise ValueError(f"cell {row} / {col}: every one of its {lost} models diverged (non-finite loss)")
             mean = float(np.mean(vals))
             std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-            entry.update(mean=mean, std=std, seeds=len(vals), values=vals)
-            wide.loc[row, col] = f"{_fmt(mean, std, len(vals), cell.metric)} ({paper_txt})"
+            entry.update(mean=mean, std=std, seeds=len(vals), values=vals, diverged=lost)
+            wide.loc[row, col] = f"{_fmt(mean, std, len(vals), cell.metric)} ({paper_txt})" + \
+                (f" [{lost} of {lost + len(vals)} diverged]" if lost else "")
         results.setdefault(row, {})[col] = entry
         long_rows.append({"cell": f"{row} | {col}", "method": row, "column": col, "ours_mean": entry["mean"],
                           "ours_std": entry["std"], "seeds": entry["seeds"], "paper": paper_value,
                           "note": f"pending: {cell.pending}" if cell.pending else
-                          (f"best of {', '.join(cell.best_of)}: {entry['chosen']}" if cell.best_of else "")})
+                          (f"best of {', '.join(cell.best_of)}: {entry['chosen']}" if cell.best_of else
+                           (f"{entry['diverged']} models diverged (non-finite loss), left out"
+                            if entry.get("diverged") else ""))})
     return wide, pd.DataFrame(long_rows), results
 
 
@@ -321,7 +362,7 @@ def ordering(results: dict, paper: PaperTable, columns: list[str] | None = None)
     for col in candidates:
         pairs = [(row, e[col]["mean"], e[col]["paper"]) for row, e in results.items()
                  if col in e and e[col]["mean"] is not None and e[col]["paper"] is not None
-                 and e[col]["metric"] in HIGHER_IS_BETTER]
+                 and (e[col]["metric"] in HIGHER_IS_BETTER or e[col]["metric"].startswith(INSIDE))]
         if len(pairs) < 2:
             continue
         rows, ours, theirs = zip(*pairs)
@@ -381,13 +422,17 @@ def claims_summary(checked: pd.DataFrame) -> str:
             f"than 2 standard errors over seeds)" + (": not " + "; ".join(failed) if failed else "") + ".")
 
 
-def baseline_accuracies(runs: dict[str, list[RunRecord]], modalities: list[str]) -> dict:
-    """``{"only": {m: acc}, "naive": acc, "inside": {m: acc}}``, test %, mean over seeds, from the unimodal runs
-    (``runs[m]``) and the naive runs (``runs["naive"]``; inside: zero_feature protocol)."""
+def baseline_accuracies(runs: dict[str, list[RunRecord]], modalities: list[str], metric: str = "acc") -> dict:
+    """``{"only": {m: value}, "naive": value, "inside": {m: acc}}``, test %, mean over seeds, from the unimodal
+    runs (``runs[m]``, where run) and the naive runs (``runs["naive"]``; inside: the run's first protocol);
+    ``metric`` names the measure (acc, or miou for segmentation, where nothing is measured inside)."""
     mean = lambda values: float(np.mean(list(values)))  # noqa: E731
-    return {"only": {m: mean(100 * r.test_acc for r in runs[m]) for m in modalities},
-            "naive": mean(100 * r.test_acc for r in runs["naive"]),
-            "inside": {m: mean(100 * r.unimodal_acc(m) for r in runs["naive"]) for m in modalities}}
+    value = metric_function(metric)
+    out = {"only": {m: mean(value(r) for r in runs[m]) for m in modalities if m in runs},
+           "naive": mean(value(r) for r in runs["naive"]), "inside": {}}
+    if metric == "acc":
+        out["inside"] = {m: mean(100 * r.unimodal_acc(m) for r in runs["naive"]) for m in modalities}
+    return out
 
 
 def calibration(params: dict, setups: list[str], seeds: list[int], workers: int | None = None) -> pd.DataFrame:
@@ -403,14 +448,15 @@ def calibration(params: dict, setups: list[str], seeds: list[int], workers: int 
             raise KeyError(f"setups.{setup} has no calibration block (the paper's baseline rows it is calibrated on)")
         modalities = cell_config(params, Cell(setup=setup), 0).data.modalities
         cells = {"naive": Cell(setup=setup, balancer=spec.get("naive_balancer", "naive"))}  # the paper's joint baseline
-        cells.update({m: Cell(setup=setup, balancer="unimodal", params={"modality": m}) for m in modalities})
+        cells.update({m: Cell(setup=setup, balancer="unimodal", params={"modality": m}) for m in modalities
+                      if m in spec.get("only", {})})
         configs = {k: [cell_config(params, c, s) for s in seeds] for k, c in cells.items()}
         records = iter(sweep([c for cs in configs.values() for c in cs], desc=f"calibration of {setup}",
                              workers=workers or params.get("replication", {}).get("workers", 1)))
         runs = {k: [next(records) for _ in cs] for k, cs in configs.items()}
         classes = len(runs["naive"][0].data["classes"])
         frames[f"{setup}: {setup_label(params, setup)}"] = calibration_checks(
-            baseline_accuracies(runs, modalities), spec, classes, params["root"],
+            baseline_accuracies(runs, modalities, spec.get("metric", "acc")), spec, classes, params["root"],
             {**(params.get("replication", {}).get("calibration_tolerance") or {}), **(spec.get("tolerance") or {})})
     return pd.concat(frames, names=["setup", "quantity"]).round(3)
 
