@@ -1,4 +1,4 @@
-"""Command line: python -m mmlib {list,prepare,train,show,notebook,bench}.
+"""Command line: python -m mmlib {list,prepare,train,show,sweep,notebook,bench}.
 
 Bad input ends in one line on stderr, ``error: <file, key or value>: <what is wrong>; <what to do>``, and exit
 status 2; ``--debug`` (before the command) shows the traceback instead.
@@ -74,7 +74,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_show(args) -> int:
-    """The resolved configuration of a table cell (or of --profile/--section/--set) and its run identity."""
+    """The resolved configuration of a table cell (or of --profile/--section/--set), its run identity and the
+    estimated GPU memory of one of its runs."""
     import yaml
 
     from .config import load_params, stable_hash
@@ -96,6 +97,50 @@ def cmd_show(args) -> int:
                                        "code_version": identity["code"], "run_hash": run_id,
                                        "record": str(record) if record.is_file() else "not trained yet"}},
                          sort_keys=False).rstrip())
+    # a GPU's share for one run: parameters, gradients, optimizer state, and the activations of one fp32 CPU
+    # training step at batch 2 (its forward peak, in a fresh process) scaled linearly to train.batch_size
+    print(yaml.safe_dump({"memory": bench.gpu_memory_estimate(cfg)}, sort_keys=False, width=110).rstrip())
+    return 0
+
+
+EXECUTOR_HELP = """executors (--executor, else params.yaml's executor.name):
+  local           here: --workers processes (0: one per GPU, bound to it; replication.workers on a CPU)
+  slurm           one SLURM job array through submitit (--partition, --gpus-per-job, --timeout-min)
+  submitit_local  the submitit path (pickled jobs, job folders, a process each) here: a check before a cluster
+
+Runs already in the run store ($MMLIB_RESULTS, else results/) are not trained again; jobs write into it (on a
+cluster, a filesystem every node shares), and the notebooks (dvc repro) then read the records."""
+
+
+def cmd_sweep(args) -> int:
+    """Train every run of a paper artifact (its stand-ins' calibration, every cell) where the executor
+    says."""
+    from . import executors, tables
+    from .config import load_params
+    from .experiments import results_root, sweep
+
+    params = load_params(args.profile)
+    executor = executors.executor_config(params, name=args.executor, workers=args.workers,
+                                         partition=args.partition, gpus_per_job=args.gpus_per_job,
+                                         timeout_min=args.timeout_min)
+    cfgs = tables.artifact_configs(params, args.section)
+    where = f"{args.section} (profile {params['profile']})"
+    if not cfgs:
+        print(f"{where}: no runs to train")
+        return 0
+    root = results_root()
+    out = sweep(cfgs, workers=params.get("replication", {}).get("workers", 1), desc=args.section,
+                skip_diverged=True, executor=executor, wait=args.wait)
+    if executor.name != "local" and not args.wait:
+        folder = Path(executor.folder) if executor.folder else root / "jobs"
+        print(f"{where}: submitted {len(out)} runs to {executor.name} (of the section's {len(cfgs)}, with "
+              f"the pre-training runs they need; the others are in the run store {root}); job logs under "
+              f"{folder}")
+        print("when they are done, the notebook (dvc repro) or `sweep ... --wait` collects the records")
+        return 0
+    lost = sum(r is None for r in out)
+    print(f"{where}: {len(cfgs)} runs in the run store {root}" + (f" ({lost} diverged: non-finite loss)"
+                                                                   if lost else ""))
     return 0
 
 
@@ -139,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("show", help="a configuration (a table cell's with --section/--cell) resolved, with its "
                                     "run identity: config hash, data fingerprint, code version, run hash, record "
-                                    "(embedded data is generated and prepared first if needed)")
+                                    "(embedded data is generated and prepared first if needed), and the GPU "
+                                    "memory a run needs at its batch size (from one CPU step at batch 2)")
     p.add_argument("--profile", help="params.yaml profile (default: params.yaml's `profile`)")
     p.add_argument("--section", help="params.yaml section (a table section with --cell)")
     p.add_argument("--cell", nargs=2, metavar=("ROW", "COLUMN"), help="a table cell, e.g. AMSS KS/acc")
@@ -147,6 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML ExperimentConfig (merged over --profile's base when given)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, e.g. train.epochs=3")
     p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("sweep", help="train every run of a paper artifact's section (calibration runs and "
+                                     "cells) locally or as cluster jobs; without --wait, submit and exit",
+                       description=cmd_sweep.__doc__, epilog=EXECUTOR_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--section", required=True, help="params.yaml table section, e.g. amss_02_table2")
+    p.add_argument("--profile", help="params.yaml profile (default: params.yaml's `profile`)")
+    p.add_argument("--executor", help="local, slurm or submitit_local (default: params.yaml's executor.name)")
+    p.add_argument("--workers", type=int, help="local: processes (0: one per GPU)")
+    p.add_argument("--partition", help="slurm: partition (default: the cluster's)")
+    p.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per job")
+    p.add_argument("--timeout-min", type=int, help="time limit per job, minutes (slurm, submitit_local)")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs, showing progress (local always "
+                                                       "waits)")
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("notebook", help="execute a notebook with papermill into reports/<profile>/... (what each "
                                         "dvc stage runs), showing the sweeps' progress on the terminal")

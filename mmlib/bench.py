@@ -16,16 +16,23 @@ fails to build or step is reported as an error entry). ``--compile`` adds torch.
 ``trainer`` and ``compute``. The raw media are an embedded synth_av dataset (public CREMA-D layout) written to
 ``--data-dir`` or a temporary directory; the ``kinetics_sounds`` shapes reuse those media with 3 frames, the
 Kinetics-Sounds class count and its spectrogram size. Results: a table on stdout and ``--out`` (bench.json).
+
+``input_shapes`` / ``paper_batch`` give a configuration's inputs (the trainer's batches, from the
+configuration alone: no data is generated or read), ``step_memory`` one training and one evaluation step on
+such a batch, and ``gpu_memory_estimate`` what a run of the configuration needs on a GPU (``python -m mmlib
+show``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import itertools
 import json
 import math
 import os
 import platform
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,14 +45,23 @@ from torch.utils.data import DataLoader, Dataset
 from .config import ExperimentConfig, ModelConfig, from_dict
 from .data.audio import spectrogram
 from .data.cache import SPLIT_CODES, TensorCache
+from .data.colored_mnist import ColoredMNIST
 from .data.crema_d import Clip, scan_layout
-from .data.loader import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop
+from .data.loader import IMAGENET_MEAN, IMAGENET_STD, Batch, random_resized_crop, source_modality
+from .data.mosi import MOSI
+from .data.nyuv2 import NYUv2, output_size
 from .data.synth_av import SynthAV, SynthAVConfig
+from .data.synth_ks import SynthKSConfig
+from .data.synth_mosi import SynthMOSIConfig
+from .data.synth_nvgesture import SynthNVGestureConfig
+from .data.synth_nyuv2 import SynthNYUv2Config
+from .data.synth_vggsound import SynthVGGSoundConfig
+from .data.text_image import TextImageDataset
 from .data.video import extract_frames
 from .experiments import build
 from .models.multimodal import build_model
-from .registry import names
-from .train import Trainer, pick_device
+from .registry import get, names
+from .train import Trainer, build_optimizer, pick_device
 
 MODALITY_CHANNELS = {"audio": 1, "visual": 3}
 
@@ -294,6 +310,242 @@ def balancer_ratios(shape: Shape, root: Path, device: str, cache: TensorCache, p
 def release(device: str | torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------ a configuration's footprint
+# what the configuration does not say: the class counts of real datasets that read them from their files,
+# MMSA's MOSI sequence lengths, NYUv2's image size, MNIST's frame (data.image_size does not apply to it)
+PAPER_CLASSES = {"vggsound": 309, "modelnet40": 40}
+MOSI_STEPS = {"audio": 375, "vision": 500, "text": 50}
+NYUV2_SIZE = (480, 640)
+MNIST_SIZE = 28
+# embedded datasets whose ensure_prepared reads the generator parameters inline (others: generator_config)
+GENERATORS = {"synth_av": SynthAVConfig, "synth_ks": SynthKSConfig, "synth_vggsound": SynthVGGSoundConfig,
+              "synth_nvgesture": SynthNVGestureConfig, "synth_mosi": SynthMOSIConfig,
+              "synth_nyuv2": SynthNYUv2Config}
+
+
+def generator_config(cfg: ExperimentConfig):
+    """The embedded dataset's generator parameters (defaults filled in), None for a real dataset."""
+    dataset = get("datasets", cfg.data.dataset)()
+    if not getattr(dataset, "embedded", False):
+        return None
+    if hasattr(dataset, "generator_config"):
+        return dataset.generator_config(cfg.data.generator)
+    if cfg.data.dataset in GENERATORS:
+        return from_dict(GENERATORS[cfg.data.dataset], cfg.data.generator, f"datasets.{cfg.data.dataset}")
+    return None
+
+
+def num_classes(cfg: ExperimentConfig) -> int:
+    """Classes of the configuration's dataset: the generator's ``classes``, the dataset's labels, or the
+    paper's count for a real dataset whose classes are read from its files."""
+    generated = generator_config(cfg)
+    if generated is not None and hasattr(generated, "classes"):
+        return int(generated.classes)
+    labels = getattr(get("datasets", cfg.data.dataset), "labels", None)
+    return len(labels) if labels else PAPER_CLASSES[cfg.data.dataset]
+
+
+def input_shapes(cfg: ExperimentConfig, modalities: list[str] | None = None) -> dict[str, tuple[int, ...]]:
+    """One item of the trainer's batches at the configuration's sizes, without the batch axis: per modality
+    (of ``modalities``, default all) and ``label`` (``()``, or (H, W) for dense labels). Audio (1, F, T) by
+    the audio recipe; frames (frames, C, H, W); token ids (text_length,); feature sequences (steps,
+    features). Token ids and labels are int64, the rest float."""
+    dataset = get("datasets", cfg.data.dataset)()
+    generated = generator_config(cfg)
+    dense = None
+    if isinstance(dataset, NYUv2):  # H = image_size, W the multiple of 32 nearest to the images' aspect
+        dense = output_size(*((generated.height, generated.width) if generated else NYUV2_SIZE),
+                            cfg.data.image_size)
+    shapes = {}
+    for m in modalities or cfg.data.modalities:
+        source = source_modality(m, dataset.modalities)
+        if source not in dataset.modalities:
+            raise KeyError(f"data.modalities: {m!r} is not a modality of {cfg.data.dataset} "
+                           f"({list(dataset.modalities)})")
+        channels = dataset.modalities[source]
+        if isinstance(dataset, MOSI):
+            steps = getattr(generated, f"{source}_steps") if generated else MOSI_STEPS[source]
+            shapes[m] = (steps, getattr(generated, f"{source}_dim") if generated else channels)
+        elif isinstance(dataset, TextImageDataset) and source == "text":
+            shapes[m] = (cfg.data.text_length,)
+        elif source == "audio":
+            shapes[m] = (1, *get("audio_recipes", cfg.data.audio_recipe).shape)
+        elif dense is not None:
+            shapes[m] = (cfg.data.frames, channels, *dense)
+        elif isinstance(dataset, ColoredMNIST):
+            shapes[m] = (cfg.data.frames, channels, MNIST_SIZE, MNIST_SIZE)
+        else:
+            shapes[m] = (cfg.data.frames, channels, cfg.data.image_size, cfg.data.image_size)
+    shapes["label"] = tuple(dense or ())
+    return shapes
+
+
+def token_encoders(cfg: ExperimentConfig) -> dict[str, int]:
+    """Modalities read as token ids -> the vocabulary their encoder embeds."""
+    dataset = get("datasets", cfg.data.dataset)()
+    if not isinstance(dataset, TextImageDataset):
+        return {}
+    return {m: int((cfg.model.encoders.get(m) or {}).get("vocab_size", 30522)) for m in cfg.data.modalities
+            if source_modality(m, dataset.modalities) == "text"}
+
+
+def paper_batch(cfg: ExperimentConfig, batch_size: int, modalities: list[str] | None = None,
+                seed: int = 0) -> Batch:
+    """A batch of ``batch_size`` random inputs at ``input_shapes(cfg)`` (a duplicated modality ``<m>_copy`` is
+    served ``<m>``'s very tensor, as the loader does); nothing is generated or read from disk."""
+    shapes = input_shapes(cfg, modalities)
+    vocab = token_encoders(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    dataset = get("datasets", cfg.data.dataset)()
+    inputs, served = {}, {}
+    for m, shape in shapes.items():
+        if m == "label":
+            continue
+        source = source_modality(m, dataset.modalities)
+        if source not in served:
+            if m in vocab:  # pad id 0, as the tokenizers write it
+                served[source] = torch.randint(1, vocab[m], (batch_size, *shape), generator=gen)
+            else:
+                served[source] = torch.randn((batch_size, *shape), generator=gen)
+        inputs[m] = served[source]
+    label = torch.randint(0, num_classes(cfg), (batch_size, *shapes["label"]), generator=gen)
+    return Batch(inputs=inputs, label=label)
+
+
+def _rss_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc, in bytes (0 where /proc is not there)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak resident size (Linux: /proc/self/clear_refs); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _warm_up() -> None:
+    """A tiny training step: what the first step in a process allocates once (thread pools, kernel libraries)
+    is then not counted as a model's."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 2))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    F.cross_entropy(net(torch.randn(2, 3, 16, 16)), torch.tensor([0, 1])).backward()
+    optimizer.step()
+
+
+def step_memory(cfg: ExperimentConfig, batch_size: int = 2, seed: int = 0) -> dict:
+    """One training step (forward, cross-entropy, backward, the configured optimizer's step: the naive
+    balancer's ``training_step``) and one evaluation step of the configuration's model, built at its size on
+    the CPU in fp32, on ``paper_batch(cfg, batch_size)``. Returns the loss, the logits' shape (and the
+    expected one), the bytes of parameters, gradients and optimizer state, and the training step's memory:
+    resident size before it, at its peak and at the peak of its forward pass; ``activation_bytes``, the
+    forward peak above what was held before, is what the step adds to parameters, gradients and optimizer
+    state in a steady state (meaningful in a process that frees memory to the system: ``measure_steps``)."""
+    torch.manual_seed(seed)
+    dataset = get("datasets", cfg.data.dataset)()
+    used = get("balancers", cfg.balancer.name)(**cfg.balancer.params).modalities(list(cfg.data.modalities))
+    classes = num_classes(cfg)
+    shapes = input_shapes(cfg, used)  # feature sequences: the encoder takes the features' width
+    channels = {m: shapes[m][-1] if isinstance(dataset, MOSI) else
+                dataset.modalities[source_modality(m, dataset.modalities)] for m in used}
+    model = build_model(cfg.model, channels, classes)
+    optimizer = build_optimizer(model, cfg.optim)
+    balancer = get("balancers", "naive")().attach(model, optimizer, epochs=cfg.train.epochs,
+                                                  steps_per_epoch=1, num_classes=classes, device="cpu")
+    batch = paper_batch(cfg, batch_size, used, seed)
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def peak_rss() -> int:  # since the reset below; else the process's
+        return _rss_bytes("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    forward = []  # the peak when the forward pass ends: every activation kept for the backward pass is live
+    hook = model.register_forward_hook(lambda *_: forward.append(peak_rss()))
+    gc.collect()
+    exact = _reset_peak()
+    before = _rss_bytes("VmRSS")
+    start = time.perf_counter()
+    model.train()
+    loss = float(balancer.training_step(model, batch, optimizer)["loss"])
+    train_s = time.perf_counter() - start
+    peak = peak_rss()
+    hook.remove()
+    gradients = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch.inputs).logits
+    return {"loss": loss, "eval_logits": list(logits.shape),
+            "eval_finite": bool(torch.isfinite(logits).all()),
+            "expected_logits": [batch_size, classes, *batch.label.shape[1:]], "classes": classes,
+            "batch_size": batch_size, "modalities": list(used),
+            "inputs": {m: list(x.shape) for m, x in batch.inputs.items()},
+            "parameters": sum(p.numel() for p in model.parameters()), "parameter_bytes": parameters,
+            "gradient_bytes": gradients, "optimizer_state_bytes": state, "rss_before_bytes": before,
+            "peak_rss_bytes": peak, "forward_peak_rss_bytes": forward[0],
+            "activation_bytes": max(0, forward[0] - before), "peak_is_step": exact, "train_step_s": train_s}
+
+
+def _steps_in_fresh_process(cfg_dicts: list[dict], batch_size: int) -> list[dict]:
+    from .experiments import config_from
+
+    _warm_up()
+    out = []
+    for d in cfg_dicts:
+        out.append(step_memory(config_from(d), batch_size))
+        gc.collect()
+    return out
+
+
+def measure_steps(cfgs: list[ExperimentConfig], batch_size: int = 2) -> list[dict]:
+    """``step_memory`` of each configuration, one after another in a fresh process (after a tiny warm-up
+    step), whose C allocator returns every freed block above 64 KiB to the system (a fixed mmap threshold):
+    each peak is its step's alone, not hidden by memory freed earlier and reused."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the new process's C library at its start
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_steps_in_fresh_process, [c.to_dict() for c in cfgs], batch_size).result()
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_")
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+
+
+GB = 1024 ** 3
+
+
+def gpu_memory_estimate(cfg: ExperimentConfig, measured: dict | None = None) -> dict:
+    """What one training step of ``cfg`` holds on a GPU at ``train.batch_size``: parameters + gradients +
+    optimizer state (the previous step's gradients are still held during a forward pass), plus activations,
+    measured as the peak of the forward pass of one fp32 CPU training step at batch 2 (``measure_steps``)
+    above what was held before it, scaled linearly to the batch size. An upper bound under bf16 autocast
+    (activations about half); the CUDA context and the data cache placed on the GPU come on top."""
+    measured = measured or measure_steps([cfg], 2)[0]
+    scaled = measured["activation_bytes"] * cfg.train.batch_size / measured["batch_size"]
+    held = measured["parameter_bytes"] + measured["gradient_bytes"] + measured["optimizer_state_bytes"]
+    gb = lambda n: float(f"{n / GB:.3g}")  # noqa: E731
+    return {"estimated_gpu_memory_gb": gb(held + scaled), "batch_size": cfg.train.batch_size,
+            "parameters_gb": gb(measured["parameter_bytes"]), "gradients_gb": gb(measured["gradient_bytes"]),
+            "optimizer_state_gb": gb(measured["optimizer_state_bytes"]), "activations_gb": gb(scaled),
+            "basis": f"parameters + gradients + optimizer state + activations; activations = the forward "
+                     f"peak of one fp32 CPU training step at batch {measured['batch_size']} above the memory "
+                     f"held before it, scaled linearly to batch {cfg.train.batch_size}; without the CUDA "
+                     f"context and the data cache (bf16 autocast needs less)"}
 
 
 # ------------------------------------------------------------------------------------------------------- main

@@ -3,7 +3,8 @@
 Runs are independent and named by their identity, so the run store is the only coordination: a job trains one
 configuration into ``<run store>/<hash>/`` (a lock per hash makes two workers on one hash safe; a run whose
 pre-training run is missing trains it first, under that run's lock), and a later ``sweep`` or notebook reads
-the records. ``ExecutorConfig`` comes from params.yaml's ``executor`` block and the command line:
+the records. ``ExecutorConfig`` comes from params.yaml's ``executor`` block (``executor_config``) and the
+command line (``python -m mmlib sweep``):
 
 - ``local``: ``workers`` spawned processes on this machine; on a CUDA host ``workers: 0`` means one per GPU, and
   each process sees one GPU only (``CUDA_VISIBLE_DEVICES``), so an 8-GPU node trains eight cells at once;
@@ -44,6 +45,16 @@ class ExecutorConfig:
             if value < (0 if key in ("workers", "gpus_per_job") else 1):
                 raise ValueError(f"executor.{key} must be >= {0 if key in ('workers', 'gpus_per_job') else 1}, "
                                  f"got {value}")
+
+
+def executor_config(params: dict | None = None, **overrides) -> ExecutorConfig:
+    """params.yaml's ``executor`` block (a profile's ``executor`` merged over it) with ``overrides`` on top
+    (None: not given); unknown keys and wrong types raise naming ``executor.<key>``."""
+    from .config import from_dict
+
+    block = dict((params or {}).get("executor") or {})
+    block.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(ExecutorConfig, block, "executor")
 
 
 def visible_gpus() -> list[str]:

@@ -30,7 +30,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .config import ExperimentConfig, deep_merge, experiment_config
+from .config import ExperimentConfig, deep_merge, experiment_config, stable_hash
+from .executors import executor_config
 from .experiments import RunRecord, sweep
 from .paper import PaperTable, load_paper_table
 
@@ -246,16 +247,23 @@ def section_seeds(params: dict, section_name: str) -> list[int]:
     return list(params[section_name].get("seeds") or params.get("replication", {}).get("seeds") or [0])
 
 
+def section_configs(params: dict, section_name: str, cells: dict, seeds: list[int] | None = None
+                    ) -> dict[tuple[str, str], list[ExperimentConfig]]:
+    """The configurations of every cell (not pending, not best-of): one per sweep member and seed."""
+    seeds = seeds if seeds is not None else section_seeds(params, section_name)
+    return {key: [cell_config(params, cell, s, section_name, member) for member in members(cell)
+                  for s in seeds] for key, cell in cells.items() if not cell.pending and not cell.best_of}
+
+
 def run_cells(params: dict, section_name: str, cells: dict, seeds: list[int] | None = None,
               workers: int | None = None) -> dict[tuple[str, str], list[RunRecord]]:
-    """Run every cell (not pending, not best-of) for every sweep member and seed; identical configurations run
+    """Run every cell (not pending, not best-of) for every sweep member and seed, where params.yaml's
+    ``executor`` says (default: ``replication.workers`` local processes); identical configurations run
     once."""
-    seeds = seeds if seeds is not None else section_seeds(params, section_name)
     workers = workers or params.get("replication", {}).get("workers", 1)
-    configs = {key: [cell_config(params, cell, s, section_name, member) for member in members(cell) for s in seeds]
-               for key, cell in cells.items() if not cell.pending and not cell.best_of}
+    configs = section_configs(params, section_name, cells, seeds)
     records = iter(sweep([c for cs in configs.values() for c in cs], workers=workers, desc=section_name,
-                         skip_diverged=True))
+                         skip_diverged=True, executor=executor_config(params)))
     runs = {key: [next(records) for _ in cs] for key, cs in configs.items()}
     for key, recs in runs.items():  # only a sweep's models may diverge (a learning-rate range's far end)
         if None in recs and not cells[key].sweep:
@@ -264,6 +272,25 @@ def run_cells(params: dict, section_name: str, cells: dict, seeds: list[int] | N
             raise NonFiniteLossError(f"{section_name}: cell {key[0]} / {key[1]}: a run's loss became non-finite "
                                      f"(its folder holds {'diverged.json'}); it is never a result")
     return runs
+
+
+def table_sections(params: dict) -> list[str]:
+    """The params.yaml sections that are paper tables or figures (they name their ``paper``)."""
+    return [k for k, v in params.items() if isinstance(v, dict) and "paper" in v]
+
+
+def artifact_configs(params: dict, section_name: str) -> list[ExperimentConfig]:
+    """Every configuration a paper artifact's notebook trains (``mmlib.artifact.build``): the calibration runs
+    of the setups its cells use, then every cell's runs, each distinct configuration once."""
+    if section_name not in table_sections(params):
+        raise KeyError(f"params.yaml has no paper table section {section_name!r}; they are: "
+                       f"{', '.join(table_sections(params))}")
+    cells = table_cells(params, section_name)
+    seeds = section_seeds(params, section_name)
+    configs = [c for setup in sorted({c.setup for c in cells.values()})
+               for cs in calibration_configs(params, setup, seeds).values() for c in cs]
+    configs += [c for cs in section_configs(params, section_name, cells, seeds).values() for c in cs]
+    return list({stable_hash(c.to_dict()): c for c in configs}.values())
 
 
 def cell_values(cells: dict, runs: dict) -> dict[tuple[str, str], list[float]]:
@@ -435,24 +462,41 @@ def baseline_accuracies(runs: dict[str, list[RunRecord]], modalities: list[str],
     return out
 
 
+def calibration_cells(params: dict, setup: str) -> dict[str, Cell]:
+    """The runs a setup's calibration compares with the paper's baseline rows (``setups.<s>.calibration``):
+    ``naive``, its joint baseline, and each modality the paper reports alone."""
+    spec = params["setups"][setup].get("calibration")
+    if not spec:
+        raise KeyError(f"setups.{setup} has no calibration block (the paper's baseline rows it is calibrated "
+                       f"on)")
+    modalities = cell_config(params, Cell(setup=setup), 0).data.modalities
+    cells = {"naive": Cell(setup=setup, balancer=spec.get("naive_balancer", "naive"))}  # the joint baseline
+    cells.update({m: Cell(setup=setup, balancer="unimodal", params={"modality": m}) for m in modalities
+                  if m in spec.get("only", {})})
+    return cells
+
+
+def calibration_configs(params: dict, setup: str, seeds: list[int]) -> dict[str, list[ExperimentConfig]]:
+    """The configurations of ``calibration_cells``, one per seed."""
+    return {k: [cell_config(params, c, s) for s in seeds]
+            for k, c in calibration_cells(params, setup).items()}
+
+
 def calibration(params: dict, setups: list[str], seeds: list[int], workers: int | None = None) -> pd.DataFrame:
     """Per setup, the stand-in's baseline rows beside the paper's (``setups.<s>.calibration``, mmlib.calibration):
     each modality's unimodal accuracy, naive joint accuracy, and each modality's retention inside the naive
-    model; test %, mean over seeds. Index (setup, quantity)."""
+    model; test %, mean over seeds. Index (setup, quantity). Runs train where params.yaml's ``executor``
+    says."""
     from .calibration import calibration_checks
 
     frames = {}
     for setup in setups:
-        spec = params["setups"][setup].get("calibration")
-        if not spec:
-            raise KeyError(f"setups.{setup} has no calibration block (the paper's baseline rows it is calibrated on)")
+        configs = calibration_configs(params, setup, seeds)
+        spec = params["setups"][setup]["calibration"]
         modalities = cell_config(params, Cell(setup=setup), 0).data.modalities
-        cells = {"naive": Cell(setup=setup, balancer=spec.get("naive_balancer", "naive"))}  # the paper's joint baseline
-        cells.update({m: Cell(setup=setup, balancer="unimodal", params={"modality": m}) for m in modalities
-                      if m in spec.get("only", {})})
-        configs = {k: [cell_config(params, c, s) for s in seeds] for k, c in cells.items()}
         records = iter(sweep([c for cs in configs.values() for c in cs], desc=f"calibration of {setup}",
-                             workers=workers or params.get("replication", {}).get("workers", 1)))
+                             workers=workers or params.get("replication", {}).get("workers", 1),
+                             executor=executor_config(params)))
         runs = {k: [next(records) for _ in cs] for k, cs in configs.items()}
         classes = len(runs["naive"][0].data["classes"])
         frames[f"{setup}: {setup_label(params, setup)}"] = calibration_checks(
@@ -472,7 +516,8 @@ def learning_rate_search(params: dict, setup: str, factors: tuple[float, ...] = 
              for m in probe.data.modalities for f in factors}
     configs = [cell_config(params, c, seed) for c in cells.values()]
     records = sweep(configs, desc=f"learning rates of {setup}",
-                    workers=workers or params.get("replication", {}).get("workers", 1))
+                    workers=workers or params.get("replication", {}).get("workers", 1),
+                    executor=executor_config(params))
     out: dict[str, dict[float, float]] = {}
     for (m, f), record in zip(cells, records):
         out.setdefault(m, {})[f] = round(100 * record.final["val"]["acc"], 2)

@@ -40,3 +40,21 @@ def test_submitit_local_runs_a_job_array(tmp_path):
     failing = executors.submit(operator.truediv, [(1, 0)], ExecutorConfig(name="submitit_local"), tmp_path)
     with pytest.raises(RuntimeError, match=r"job .* failed \(logs: "):
         executors.wait(failing, poll_s=0.2)
+
+
+def test_executor_block_of_params_a_profile_and_the_command_line(tmp_path):
+    from mmlib.config import load_params
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        "profile: ci\nbase: {}\nexecutor: {name: local, workers: 0, partition: ''}\n"
+        "profiles:\n  ci: {executor: {name: slurm, partition: gpu}}\n  demo: {}\n  full: {}\n")
+    assert executors.executor_config(load_params("demo", params_file)) == ExecutorConfig()
+    ci = executors.executor_config(load_params("ci", params_file))
+    assert (ci.name, ci.partition, ci.workers) == ("slurm", "gpu", 0)  # the profile's block merged over the file's
+    flags = executors.executor_config(load_params("ci", params_file), partition="a100", workers=None)
+    assert flags.partition == "a100" and flags.name == "slurm"  # a flag not given (None) keeps the block's value
+    with pytest.raises(KeyError, match="executor.gpus: unknown key"):
+        executors.executor_config({"executor": {"gpus": 2}})
+    with pytest.raises(TypeError, match="executor.workers: expected an integer"):
+        executors.executor_config({}, workers="many")
