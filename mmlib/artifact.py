@@ -78,8 +78,11 @@ class Artifact:
                 + (": not " + "; ".join(" ".join(q) for q in missed) if missed else "") + ".")
 
     def figure(self, columns: list[str] | None = None):
-        """Ours (bars, mean ± std over seeds) beside the paper's values (diamonds), one panel per column."""
-        return report.comparison_figure(self.results, self.caption, columns)
+        """Ours (bars, mean ± std over seeds) beside the paper's values (diamonds), one panel per column, in the
+        table's column order."""
+        ours = tables.ours_columns(self.results)
+        return report.comparison_figure(self.results, self.caption,
+                                        columns or [c for c in self.wide.columns if c in ours])
 
     def distribution_figure(self, columns: list[str] | None = None):
         """Per column, the distribution of each row's per-model values (histogram, density, means, the paper's

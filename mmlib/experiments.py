@@ -133,7 +133,9 @@ def build(cfg: ExperimentConfig, cache: TensorCache, dataset) -> tuple[torch.nn.
         elif spec is not None:
             raise KeyError(f"{where}: expected a mapping with a name, e.g. {{name: resnet18}}, got {spec!r}")
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, {m: dataset.modalities[source[m]] for m in used}, cache.num_classes)
+    dims = cache.meta.get("feature_dims", {})  # feature sequences: the width the prepared features have
+    model = build_model(cfg.model, {m: dims.get(source[m], dataset.modalities[source[m]]) for m in used},
+                        cache.num_classes)
     check_vocabulary(model, cache)
     return model, balancer
 
@@ -292,8 +294,9 @@ def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None, work
     """Records of ``cfgs`` in order. Configurations without a record are trained once each, where ``executor``
     (mmlib.executors.ExecutorConfig; default local) says: locally by ``workers`` processes (on a CUDA host one
     per visible GPU, each bound to its GPU; set ``train.threads`` so that workers x threads fits the cores), or
-    as a submitit job array (SLURM) whose jobs write into the same run store; ``wait=False`` returns after
-    submitting (None). A run whose loss became non-finite raises, or with ``skip_diverged`` is None in the list.
+    as a submitit job array (SLURM) whose jobs write into the same run store; ``wait=False`` returns the
+    submitted jobs (one per run to train; the local executor always waits). A run whose loss became non-finite
+    raises, or with ``skip_diverged`` is None in the list.
     Progress (runs done / to train, ETA) goes to the terminal or ``$MMLIB_PROGRESS``, never to stdout."""
     from . import executors
 
@@ -320,7 +323,7 @@ def sweep(cfgs: Iterable[ExperimentConfig], root: str | Path | None = None, work
             jobs = executors.submit(_run_in_worker, [(c.to_dict(), str(root)) for c in {**pre, **todo}.values()],
                                     executor, Path(executor.folder or root / "jobs"))
             if not wait:
-                return None
+                return jobs
             executors.wait(jobs, on_done=tick)
     out = []
     for h, cfg in zip(ids, cfgs):

@@ -352,6 +352,33 @@ def save_figure(fig, out_dir: Path, name: str = "figure") -> Path:
     return path
 
 
+def epoch_curve(record: RunRecord, key: str, transform: Callable = np.sqrt) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, per-epoch mean of ``transform(step value)``) of a per-step log in ``record.steps`` (e.g.
+    ``grad_sq/audio``, an encoder's squared gradient norm: its norm by default)."""
+    if key not in record.steps:
+        raise KeyError(f"run {record.hash} logged no {key!r} per step (train.gradient_norms: on logs grad_sq/<m>)")
+    values, epochs = np.asarray(record.steps[key], dtype=float), len(record.history)
+    per_epoch = len(values) // epochs
+    return np.arange(1, epochs + 1), transform(values[:per_epoch * epochs]).reshape(epochs, per_epoch).mean(1)
+
+
+def step_panel(ax, records: Mapping[str, list[RunRecord]], key: str, ylabel: str,
+               transform: Callable = np.sqrt) -> dict[str, list[float]]:
+    """Mean ± std over seeds of ``epoch_curve`` per label on ``ax``; returns each label's mean curve."""
+    out = {}
+    for i, (label, recs) in enumerate(records.items()):
+        curves = [epoch_curve(r, key, transform) for r in recs]
+        n = min(len(x) for x, _ in curves)
+        ys = np.array([y[:n] for _, y in curves])
+        ax.plot(curves[0][0][:n], ys.mean(0), label=label, color=f"C{i}")
+        ax.fill_between(curves[0][0][:n], ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.2, color=f"C{i}")
+        out[label] = [float(v) for v in ys.mean(0)]
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
+    return out
+
+
 def curve_panel(ax, records: Mapping[str, list[RunRecord]], split: str, key: Callable[[dict], float],
                 ylabel: str, scale: float = 1.0) -> dict[str, float]:
     """Mean ± std over seeds of ``key(history[split])`` per label on ``ax``; returns each label's mean over

@@ -26,7 +26,7 @@ def resolve_protocol(fusion, protocol: str) -> str:
         return default_protocol(fusion)
     if protocol != "zero_input" and protocol not in fusion.protocols:
         raise ValueError(f"protocol {protocol!r} is not supported by fusion {type(fusion).__name__} "
-                         f"(it supports {', '.join(fusion.protocols)}, and zero_input)")
+                         f"(it supports {', '.join(dict.fromkeys([*fusion.protocols, 'zero_input']))})")
     return protocol
 
 

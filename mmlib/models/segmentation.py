@@ -156,8 +156,8 @@ class ESANetFusion(Fusion):
     def __init__(self, dims, num_classes, fuse_into: str | None = None, reduction: int = 16,
                  context_bins: list[int] | tuple[int, ...] = (1, 5)):
         super().__init__(dims, num_classes)
-        if len(dims) != 2 or len(set(dims.values())) != 1:
-            raise ValueError(f"esanet fuses two pyramid encoders of one width, got out_dims {dims}")
+        if len(dims) not in (1, 2) or len(set(dims.values())) != 1:  # one: a unimodal model (its pre-training)
+            raise ValueError(f"esanet fuses one or two pyramid encoders of one width, got out_dims {dims}")
         if fuse_into is not None and fuse_into not in dims:
             raise ValueError(f"esanet: fuse_into must be one of {list(dims)} or null, got {fuse_into!r}")
         if reduction < 1 or not context_bins or min(context_bins) < 1:
