@@ -62,7 +62,7 @@ def test_cell_config_layers_setup_section_and_cell():
 
 
 @pytest.mark.parametrize("profile", ["ci", "demo", "full"])
-def test_every_amss_section_resolves_and_shares_baselines(profile):
+def test_every_paper_section_resolves_and_shares_baselines(profile):
     """Every cell of every paper's table builds a valid configuration whose data lies under the profile's data
     stage output of that paper (``<paper>_data``; DGL's Kinetics-Sounds is AMSS's), and a baseline is one run
     across tables."""
@@ -83,6 +83,15 @@ def test_every_amss_section_resolves_and_shares_baselines(profile):
     assert hashes["amss_02_table2"][("AMSS+", "Sarcasm/acc")] == hashes["amss_07_table7"][("AMSS+", "Sarcasm/acc")]
     assert hashes["amss_02_table2"][("Greedy", "KS/acc")] != hashes["amss_02_table2"][("Concat", "KS/acc")]
     assert ("Greedy", "Sarcasm/acc") not in hashes["amss_02_table2"]  # MMTM needs CNN streams: '-' in the paper
+    dgl1, dgl3, dgl4, cross = (hashes[s] for s in ("dgl_01_table1", "dgl_03_table3", "dgl_04_table4",
+                                                    "dgl_08_cross_paper"))
+    assert dgl1[("Concat", "CREMA-D/multi")] == dgl1[("Concat", "CREMA-D/audio")] == dgl3[("Baseline", "CREMA-D/acc")]
+    assert dgl1[("DGL", "CREMA-D/multi")] == dgl3[("DGL (MT+UT)", "CREMA-D/acc")] == dgl4[("alpha=4", "DGL/acc")]
+    assert dgl1[("G-Blending", "CREMA-D/multi")] == dgl4[("alpha=4", "G-Blending/acc")] \
+        == cross[("G-Blending", "CREMA-D")]
+    assert dgl1[("Concat", "KS/multi")] == hashes["amss_02_table2"][("Concat", "KS/acc")] == cross[("Concat", "KS")]
+    assert cross[("AMSS+", "KS")] == hashes["amss_02_table2"][("AMSS+", "KS/acc")]
+    assert cross[("Greedy", "KS")] == hashes["amss_02_table2"][("Greedy", "KS/acc")]
 
 
 def fake_record(acc: float, seed: int, rho=(0.3, 0.7), seconds=60.0) -> RunRecord:
