@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmlib import experiments, tables
+from mmlib import experiments, report, tables
 from mmlib.config import load_params
 from mmlib.experiments import RunRecord
 from mmlib.paper import PaperTable
@@ -296,3 +296,13 @@ def test_cli_prepare_setup(tmp_path, monkeypatch, capsys):
     from mmlib.__main__ import main
     assert main(["prepare", "--profile", "ci"]) == 2
     assert "needs --dataset and --root, or --setup" in capsys.readouterr().err
+
+
+def test_epoch_curve_averages_each_epochs_step_norms():
+    record = fake_record(0.5, 0)
+    record.history = [{"epoch": 0}, {"epoch": 1}]
+    record.steps = {"grad_sq/audio": [1.0, 4.0, 9.0, 16.0, 25.0, 36.0]}  # squared norms, three steps an epoch
+    x, y = report.epoch_curve(record, "grad_sq/audio")
+    assert list(x) == [1, 2] and list(y) == [2.0, 5.0]  # the epoch means of the norms 1..6
+    with pytest.raises(KeyError, match="train.gradient_norms"):
+        report.epoch_curve(record, "grad_sq/visual")

@@ -96,8 +96,9 @@ class AGM(Balancer):
 
     @torch.no_grad()
     def subset_outputs(self, model, inputs, full: torch.Tensor | None = None) -> dict[frozenset, torch.Tensor]:
-        """f(S) for every non-empty subset S, in eval mode; ``full`` (the training pass's logits), when given,
-        stands for the set of all modalities."""
+        """f(S) for every non-empty subset S: in train mode with batch statistics and the running statistics left
+        as they are (``subsets: train``, the default), or in eval mode (``subsets: eval``, the public code);
+        ``full`` (the training pass's logits), when given, stands for the set of all modalities."""
         was_training = model.training
         model.train(self.cfg.subsets == "train")
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
