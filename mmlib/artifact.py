@@ -153,7 +153,17 @@ class Artifact:
         from .calibration import failed
 
         if self.params["profile"] == "demo" and failed(self.calibration):  # the stand-ins are calibrated on demo
-            raise AssertionError(f"{self.stage}: {self.calibration_summary()}")
+            message = (f"{self.stage}: {self.calibration_summary()} CPU float paths differ between processors and "
+                       f"the demo's numbers move by a few points (README); to record the miss in metrics.json and "
+                       f"go on, set replication.calibration: warn in params.yaml")
+            mode = self.params.get("replication", {}).get("calibration", "assert")
+            if mode not in ("assert", "warn"):
+                raise ValueError(f"params.yaml replication.calibration must be assert or warn, got {mode!r}")
+            if mode == "assert":
+                raise AssertionError(message)
+            import warnings
+
+            warnings.warn(message, stacklevel=2)
 
 
 def build(stage: str, profile: str = "ci", reports_dir: str = "results/notebooks") -> Artifact:

@@ -60,3 +60,34 @@ def test_checks_hold_within_tolerance_and_fail_outside():
     assert failed(calibration_checks(balanced, SPEC, 6, ROOT)) == ["visual retention inside naive"]
     far = {**close, "only": {"audio": 75.0, "visual": 69.0}}
     assert "audio only (acc %)" in failed(calibration_checks(far, SPEC, 6, ROOT))
+
+
+@pytest.mark.parametrize("mode", ["assert", "warn", "nope"])
+def test_a_demo_artifact_outside_its_calibration_stops_or_warns(tmp_path, mode):
+    """On demo a stand-in outside its tolerance stops the notebook (after writing its metrics, which record the
+    miss), or with replication.calibration: warn is recorded and the notebook goes on; another word is refused."""
+    import pandas as pd
+
+    from mmlib.artifact import Artifact
+    from mmlib.paper import PaperTable
+
+    calibration = pd.DataFrame({"ours": [40.0], "paper": [50.0], "difference": [-10.0], "holds": [False],
+                                "source": ["paper | row | col"]},
+                               index=pd.MultiIndex.from_tuples([("ks: synth_ks", "naive (acc %)")],
+                                                               names=["setup", "quantity"]))
+    art = Artifact(stage="t", params={"profile": "demo", "replication": {"calibration": mode}, "t": {}},
+                   paper=PaperTable(source="P", caption="", columns=[], rows=[]), cells={}, runs={}, results={},
+                   wide=pd.DataFrame(), long=pd.DataFrame(), order=pd.DataFrame(),
+                   checked=pd.DataFrame(columns=["holds in ours", "clearly (> 2 s.e.)"]), calibration=calibration,
+                   caption="Ours: embedded data", out_dir=tmp_path)
+    if mode == "assert":
+        with pytest.raises(AssertionError, match="not ks: synth_ks naive .*replication.calibration: warn"):
+            art.save()
+    elif mode == "warn":
+        with pytest.warns(UserWarning, match="0/1 baseline quantities"):
+            art.save()
+    else:
+        with pytest.raises(ValueError, match="replication.calibration must be assert or warn, got 'nope'"):
+            art.save()
+    metrics = (tmp_path / "metrics.json").read_text()
+    assert '"calibration | ks | naive (acc %) | holds": false' in metrics
