@@ -77,3 +77,16 @@ def test_ci_metrics_cover_every_cell(notebook, tmp_path):
     panels = {k.split(" | ")[1] for k in cells if metrics[k] is not None}
     allowed = set(paper.columns) | (set(section["columns"]) if section.get("grid") else set())
     assert panels <= allowed and not any(p.endswith(("_seeds", "_std", "seeds", "std")) for p in panels)
+
+
+@pytest.mark.parametrize("notebook", ALL_NOTEBOOKS + [ROOT / "notebooks" / "00_quickstart.ipynb"],
+                         ids=lambda p: p.stem)
+def test_notebooks_import_only_what_they_use(notebook):
+    import re
+
+    code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
+                     if c["cell_type"] == "code")
+    body = "\n".join(line for line in code.splitlines() if not re.match(r"\s*(from \S+ )?import ", line))
+    imported = [name.split(" as ")[-1].strip() for line in code.splitlines()
+                if (m := re.match(r"\s*(?:from \S+ )?import (.*)", line)) for name in m.group(1).split(",")]
+    assert [n for n in imported if not re.search(rf"\b{re.escape(n)}\b", body)] == []
