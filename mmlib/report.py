@@ -34,11 +34,11 @@ def banner(params: dict, seeds: list[int] | None = None) -> str:
 
 def stage_dir(params: dict, stage: str, reports_dir: str = "reports") -> Path:
     """``<project>/<reports_dir>/<profile>/[<paper>/]<stage>``: one folder per profile, so profiles never
-    overwrite each other; ``<paper>`` is the first part of the section's ``paper`` (the notebook's folder). DVC
-    runs write to ``reports/``; interactive and nbval runs default to ``results/notebooks/`` so they never
-    overwrite the pipeline's reports."""
-    paper = (params.get(stage) or {}).get("paper", "")
-    group = paper.split("/")[0] if paper else ""
+    overwrite each other; ``<paper>`` is the notebook's folder, the stage name's prefix (``dgl_08_cross_paper``
+    lives in ``dgl/`` though its paper table is ``cross/methods``); a stage without a paper table (the quickstart)
+    has none. DVC runs write to ``reports/``; interactive and nbval runs default to ``results/notebooks/`` so
+    they never overwrite the pipeline's reports."""
+    group = stage.split("_")[0] if (params.get(stage) or {}).get("paper") else ""
     path = Path(params["root"]) / reports_dir / params["profile"] / group / stage
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -48,6 +48,17 @@ def test_every_notebook_stage_is_in_the_pipeline():
         assert f"notebooks/{notebook.parent.name}/" in dvc and f"reports/${{profile}}/{notebook.parent.name}/" in dvc
 
 
+def test_every_notebook_writes_where_its_stage_declares(tmp_path):
+    """The folder a notebook writes to is its own folder under reports/<profile>/, the one dvc.yaml declares,
+    whatever paper table it compares with (the cross-paper view's table is cross/methods, its notebook dgl/)."""
+    from mmlib import report
+
+    params = {**load_params("demo"), "root": str(tmp_path)}
+    for notebook in ALL_NOTEBOOKS:
+        out = report.stage_dir(params, notebook.stem)
+        assert out == tmp_path / "reports" / "demo" / notebook.parent.name / notebook.stem, notebook.stem
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_ci_metrics_cover_every_cell(notebook, tmp_path):
     metrics = ci_metrics(notebook, tmp_path)
