@@ -23,6 +23,31 @@ from typing import Any, Callable
 import yaml
 
 PROFILES = ("ci", "demo", "full")
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans and floats: only true / false (any case) are booleans, so
+    ``on``, ``off``, ``yes``, ``no`` are strings; ``3e-4`` is a float (YAML 1.1 wants a dot). DVC reads and writes
+    params.yaml as YAML 1.2 (``dvc exp run -S`` rewrites the file and drops the quotes of ``"on"``), so mmlib reads
+    it the same way."""
+
+
+_YAML12 = {
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:float": (r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
+                                r"|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+                                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+}
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML12]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag, (_pattern, _first) in _YAML12.items():
+    Yaml12Loader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML document read as YAML 1.2 reads its scalars (``Yaml12Loader``)."""
+    return yaml.load(text, Loader=Yaml12Loader)
 # fields that never change a result: presentation switches, and where the data lives (its content is part of a
 # run's identity through the prepared cache's fingerprint, mmlib.experiments.run_identity)
 NOT_IDENTITY = ("train.progress", "data.root")
@@ -349,13 +374,11 @@ def parse_value(text: str, hint: Any = None, key: str = "") -> Any:
         except ValueError:
             pass
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as err:
         raise ValueError(f"{key}: {text!r} is not a YAML value ({str(err).splitlines()[0]})") from None
     if isinstance(value, str) and not quoted and NUMBER.fullmatch(stripped):
         return float(stripped)
-    if isinstance(value, bool) and not quoted and stripped.lower() not in ("true", "false"):
-        return text
     return value
 
 
@@ -382,7 +405,7 @@ def read_yaml_mapping(path: str | Path, what: str = "an ExperimentConfig (data, 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

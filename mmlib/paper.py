@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .config import load_yaml
+
 __all__ = ["PaperTable", "PaperTableError", "load_paper_table", "list_paper_tables", "find_project_root"]
 
 
@@ -145,7 +147,7 @@ def load_paper_table(paper: str, artifact: str, root: str | Path | None = None) 
         avail = list_paper_tables(paper, root) if path.parent.is_dir() else []
         raise PaperTableError(f"no table file {path} (paper {paper!r}, artifact {artifact!r}); available: {avail}")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise PaperTableError(f"{path}: invalid YAML: {e}") from e
     return _parse(doc, path)

@@ -33,6 +33,29 @@ def test_full_profile_has_paper_settings():
     assert full.data.audio_recipe == "stft_257x188" and full.data.image_size == 224
 
 
+def test_params_read_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S profile=ci` rewrites params.yaml as YAML 1.2 (quotes of "on" dropped); mmlib reads the
+    rewritten file as the original: YAML 1.2 booleans (true / false only), on / off / yes / no are strings."""
+    from dvc.utils.serialize import modify_yaml
+
+    from mmlib.config import load_yaml
+
+    original = Path(__file__).resolve().parents[1] / "params.yaml"
+    copy = tmp_path / "params.yaml"
+    copy.write_text(original.read_text())
+    with modify_yaml(copy) as data:  # what dvc exp run -S does to the file
+        data["profile"] = "ci"
+    assert '"on"' in original.read_text() and '"on"' not in copy.read_text()
+    rewritten = load_params(path=copy)
+    assert rewritten == {**load_params("ci", path=original), "root": str(tmp_path)}
+    assert rewritten["dgl_06_fig1"]["experiment"]["train"]["gradient_norms"] == "on"
+    experiment_config(rewritten, "dgl_06_fig1")  # the section that failed on the rewritten file
+    assert load_yaml("a: on\nb: off\nc: yes\nd: no\ne: true\nf: False\ng: 3e-4\nh: 1.0e-3") == {
+        "a": "on", "b": "off", "c": "yes", "d": "no", "e": True, "f": False, "g": 3e-4, "h": 1e-3}
+    assert load_yaml("[1, -2, 0.5, .5, -1.5e3, 1_000, .inf, -.inf, 10, x1e3]") == [
+        1, -2, 0.5, 0.5, -1500.0, 1000, float("inf"), float("-inf"), 10, "x1e3"]
+
+
 def test_unknown_profile_and_section():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         load_params("fast", ROOT / "params.yaml")
